@@ -1,0 +1,38 @@
+//! `SL_EP_V1`: local endpoints (pods) by address, read by the TC programs to deliver traffic
+//! straight into a pod; `SL_EPMETA_V1`: who each endpoint is (pod, container, interface), kept
+//! beside it for the agent, the CLI and GC. Both are written by the CNI plugin on ADD and
+//! removed on DEL.
+
+use crate::addr::IpKey;
+
+pub const MAP_NAME: &str = "SL_EP_V1";
+pub const META_MAP_NAME: &str = "SL_EPMETA_V1";
+pub const MAX_ENTRIES: u32 = 16384;
+
+pub type Key = IpKey;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// ifindex of the host-side veth (in the node's network namespace).
+    pub ifindex: u32,
+    /// `FLAG_*` (none yet; room for per-pod options).
+    pub flags: u32,
+    /// MAC of the pod's interface (destination MAC of delivered frames).
+    pub pod_mac: [u8; 6],
+    /// MAC of the host-side veth (source MAC of delivered frames).
+    pub host_mac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Value>() == 20);
+
+/// Pod identity of an endpoint. Names are NUL-padded and cut at the field size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub container_id: [u8; 128],
+    pub ifname: [u8; 16],
+    pub namespace: [u8; 64],
+    /// Pod names may be 253 bytes long.
+    pub name: [u8; 256],
+}
+const _: () = assert!(core::mem::size_of::<Meta>() == 464);

@@ -1,0 +1,29 @@
+//! Types shared by Sluice's eBPF programs (kernel side) and its user-space loader, CNI plugin
+//! and CLI. Everything here is `#![no_std]`, `#[repr(C)]`, made of fixed-width integers and byte
+//! arrays with explicit, zeroed padding, so the kernel and user space read identical bytes.
+//! One module per map: its key, its value, its kernel name and its size.
+//!
+//! Addresses are always 16 bytes with a family tag, so IPv6 needs no new layout.
+#![no_std]
+
+pub mod addr;
+pub mod config;
+pub mod endpoint;
+pub mod metrics;
+pub mod nat;
+
+/// Implements `aya::Pod` for user space; the kernel side needs nothing.
+#[cfg(feature = "user")]
+macro_rules! user_pod {
+    ($($t:ty),* $(,)?) => { $( unsafe impl aya::Pod for $t {} )* };
+}
+#[cfg(feature = "user")]
+user_pod!(
+    addr::IpKey,
+    config::NodeConfig,
+    endpoint::Value,
+    endpoint::Meta,
+    metrics::Counter,
+    nat::Tuple,
+    nat::Binding,
+);
