@@ -26,13 +26,21 @@ impl IpKey {
         addr[1] = octets[1];
         addr[2] = octets[2];
         addr[3] = octets[3];
-        Self { family: FAMILY_V4, _pad: [0; 3], addr }
+        Self {
+            family: FAMILY_V4,
+            _pad: [0; 3],
+            addr,
+        }
     }
 
     /// The key of an IPv6 address given in network order.
     #[inline(always)]
     pub const fn v6(octets: [u8; 16]) -> Self {
-        Self { family: FAMILY_V6, _pad: [0; 3], addr: octets }
+        Self {
+            family: FAMILY_V6,
+            _pad: [0; 3],
+            addr: octets,
+        }
     }
 
     /// The IPv4 octets, if this is an IPv4 key.

@@ -31,7 +31,7 @@ pub struct NodeConfig {
     pub _pad1: [u8; 3],
     pub node_ip6: IpKey,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 68);
 
 impl NodeConfig {
     pub const fn zeroed() -> Self {
@@ -44,10 +44,18 @@ impl NodeConfig {
             snat_port_min: 0,
             snat_port_max: 0,
             flags: 0,
-            pod_cidr6: IpKey { family: 0, _pad: [0; 3], addr: [0; 16] },
+            pod_cidr6: IpKey {
+                family: 0,
+                _pad: [0; 3],
+                addr: [0; 16],
+            },
             pod_prefix6: 0,
             _pad1: [0; 3],
-            node_ip6: IpKey { family: 0, _pad: [0; 3], addr: [0; 16] },
+            node_ip6: IpKey {
+                family: 0,
+                _pad: [0; 3],
+                addr: [0; 16],
+            },
         }
     }
 

@@ -6,11 +6,17 @@
 //! Addresses are always 16 bytes with a family tag, so IPv6 needs no new layout.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate std;
+
 pub mod addr;
 pub mod config;
 pub mod endpoint;
 pub mod metrics;
 pub mod nat;
+pub mod pins;
+#[cfg(feature = "user")]
+pub mod user;
 
 /// Implements `aya::Pod` for user space; the kernel side needs nothing.
 #[cfg(feature = "user")]

@@ -1,0 +1,295 @@
+//! User-space access to the pinned maps (feature `user`): the one place the CNI plugin, the
+//! agent and the CLI open, read and write them, so all three agree on paths and types.
+
+use std::{
+    path::{Path, PathBuf},
+    string::String,
+    vec::Vec,
+};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+
+use crate::{addr::IpKey, endpoint, metrics, pins};
+
+/// `<bpffs>/sluice/maps/<name>`.
+pub fn map_path(bpffs: &Path, name: &str) -> PathBuf {
+    bpffs.join(pins::MAPS_DIR).join(name)
+}
+
+/// `<bpffs>/sluice/progs/<name>`.
+pub fn prog_path(bpffs: &Path, name: &str) -> PathBuf {
+    bpffs.join(pins::PROGS_DIR).join(name)
+}
+
+/// An error opening or using a pinned map, with the path it concerns.
+#[derive(Debug)]
+pub struct PinError {
+    pub path: PathBuf,
+    pub source: MapError,
+}
+
+impl core::fmt::Display for PinError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "pinned map {}", self.path.display())
+    }
+}
+
+impl std::error::Error for PinError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl PinError {
+    /// Whether the pin does not exist (the datapath was never loaded on this bpffs).
+    pub fn is_not_found(&self) -> bool {
+        match &self.source {
+            MapError::SyscallError(e) => e.io_error.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
+fn open(bpffs: &Path, name: &str) -> Result<MapData, PinError> {
+    let path = map_path(bpffs, name);
+    MapData::from_pin(&path).map_err(|source| PinError { path, source })
+}
+
+fn open_hash<K: aya::Pod, V: aya::Pod>(
+    bpffs: &Path,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>, PinError> {
+    HashMap::try_from(Map::HashMap(open(bpffs, name)?)).map_err(|source| PinError {
+        path: map_path(bpffs, name),
+        source,
+    })
+}
+
+/// One local endpoint as recorded in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointRecord {
+    pub addr: std::net::IpAddr,
+    pub value: endpoint::Value,
+    pub container_id: String,
+    pub ifname: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The endpoint maps (`SL_EP_V1` + `SL_EPMETA_V1`).
+pub struct Endpoints {
+    eps: HashMap<MapData, IpKey, endpoint::Value>,
+    meta: HashMap<MapData, IpKey, endpoint::Meta>,
+    bpffs: PathBuf,
+}
+
+/// The key of an address.
+pub fn ip_key(addr: std::net::IpAddr) -> IpKey {
+    match addr {
+        std::net::IpAddr::V4(a) => IpKey::v4(a.octets()),
+        std::net::IpAddr::V6(a) => IpKey::v6(a.octets()),
+    }
+}
+
+fn key_addr(k: &IpKey) -> std::net::IpAddr {
+    match k.as_v4() {
+        Some(o) => std::net::IpAddr::from(o),
+        None => std::net::IpAddr::from(k.addr),
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(crate::addr::trim_fixed(b)).into_owned()
+}
+
+impl Endpoints {
+    pub fn open(bpffs: &Path) -> Result<Self, PinError> {
+        Ok(Self {
+            eps: open_hash(bpffs, endpoint::MAP_NAME)?,
+            meta: open_hash(bpffs, endpoint::META_MAP_NAME)?,
+            bpffs: bpffs.to_path_buf(),
+        })
+    }
+
+    fn err(&self, name: &str, source: MapError) -> PinError {
+        PinError {
+            path: map_path(&self.bpffs, name),
+            source,
+        }
+    }
+
+    /// Records an endpoint: metadata first, so a reader that sees the datapath entry always
+    /// finds who it belongs to.
+    pub fn insert(
+        &mut self,
+        addr: std::net::IpAddr,
+        value: &endpoint::Value,
+        meta: &endpoint::Meta,
+    ) -> Result<(), PinError> {
+        let k = ip_key(addr);
+        self.meta
+            .insert(k, meta, 0)
+            .map_err(|e| self.err(endpoint::META_MAP_NAME, e))?;
+        self.eps
+            .insert(k, value, 0)
+            .map_err(|e| self.err(endpoint::MAP_NAME, e))
+    }
+
+    /// Removes an endpoint; a missing entry is not an error (DEL is idempotent).
+    pub fn remove(&mut self, addr: std::net::IpAddr) -> Result<(), PinError> {
+        let k = ip_key(addr);
+        for (name, r) in [
+            (endpoint::MAP_NAME, self.eps.remove(&k)),
+            (endpoint::META_MAP_NAME, self.meta.remove(&k)),
+        ] {
+            match r {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc_enoent()) => {}
+                Err(e) => return Err(self.err(name, e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, addr: std::net::IpAddr) -> Option<endpoint::Value> {
+        self.eps.get(&ip_key(addr), 0).ok()
+    }
+
+    /// Every endpoint, with its metadata where present.
+    pub fn list(&self) -> Result<Vec<EndpointRecord>, PinError> {
+        let mut out = Vec::new();
+        for item in self.eps.iter() {
+            let (k, value) = item.map_err(|e| self.err(endpoint::MAP_NAME, e))?;
+            let m = self.meta.get(&k, 0).ok();
+            out.push(EndpointRecord {
+                addr: key_addr(&k),
+                value,
+                container_id: m.map(|m| text(&m.container_id)).unwrap_or_default(),
+                ifname: m.map(|m| text(&m.ifname)).unwrap_or_default(),
+                namespace: m.map(|m| text(&m.namespace)).unwrap_or_default(),
+                name: m.map(|m| text(&m.name)).unwrap_or_default(),
+            });
+        }
+        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        Ok(out)
+    }
+}
+
+const fn libc_enoent() -> i32 {
+    2
+}
+
+/// Builds an endpoint's metadata record.
+pub fn endpoint_meta(
+    container_id: &str,
+    ifname: &str,
+    namespace: &str,
+    name: &str,
+) -> endpoint::Meta {
+    endpoint::Meta {
+        container_id: crate::addr::fixed_bytes(container_id.as_bytes()),
+        ifname: crate::addr::fixed_bytes(ifname.as_bytes()),
+        namespace: crate::addr::fixed_bytes(namespace.as_bytes()),
+        name: crate::addr::fixed_bytes(name.as_bytes()),
+    }
+}
+
+/// Sums the per-CPU counters: `(reason name, packets, bytes)` for every non-zero counter.
+pub fn read_metrics(bpffs: &Path) -> Result<Vec<(&'static str, u64, u64)>, PinError> {
+    let md = open(bpffs, metrics::MAP_NAME)?;
+    let path = map_path(bpffs, metrics::MAP_NAME);
+    let arr: PerCpuArray<MapData, metrics::Counter> = PerCpuArray::try_from(Map::PerCpuArray(md))
+        .map_err(|source| PinError {
+        path: path.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (idx, name) in metrics::NAMES {
+        let vals = arr.get(idx, 0).map_err(|source| PinError {
+            path: path.clone(),
+            source,
+        })?;
+        let (p, b) = vals
+            .iter()
+            .fold((0u64, 0u64), |(p, b), c| (p + c.packets, b + c.bytes));
+        out.push((*name, p, b));
+    }
+    Ok(out)
+}
+
+/// An error attaching a pinned TC program to an interface.
+#[derive(Debug)]
+pub struct AttachError {
+    pub prog: String,
+    pub ifname: String,
+    pub source: aya::programs::ProgramError,
+}
+
+impl core::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "attach program {} to {}", self.prog, self.ifname)
+    }
+}
+
+impl std::error::Error for AttachError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Attaches the pinned program `prog` to `ifname` (TC ingress or egress) as Sluice's cls_bpf
+/// filter, replacing a filter already there in one netlink operation (no window without a
+/// program). Netlink attachments belong to the interface, not to this process: they persist
+/// after it exits and vanish with the interface, so nothing is left to clean up.
+pub fn attach_pinned_tc(
+    bpffs: &Path,
+    prog: &str,
+    ifname: &str,
+    ingress: bool,
+) -> Result<(), AttachError> {
+    use aya::programs::{
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        SchedClassifier, TcAttachType,
+    };
+    let err = |source: aya::programs::ProgramError| AttachError {
+        prog: prog.into(),
+        ifname: ifname.into(),
+        source,
+    };
+    let mut p = SchedClassifier::from_pin(prog_path(bpffs, prog)).map_err(err)?;
+    if let Err(e) = aya::programs::tc::qdisc_add_clsact(ifname) {
+        // EEXIST: the clsact qdisc is already there, which is what we want.
+        let exists = matches!(&e, aya::programs::tc::TcError::NetlinkError(n)
+            if n.raw_os_error() == Some(17));
+        if !exists {
+            return Err(err(e.into()));
+        }
+    }
+    let kind = if ingress {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    };
+    let handle = TcHandle::new(0, pins::TC_HANDLE);
+    let opts = || {
+        TcAttachOptions::Netlink(NlOptions {
+            priority: pins::TC_PRIORITY,
+            handle,
+            classid: None,
+        })
+    };
+    let id = match p.attach_with_options(ifname, kind, opts()) {
+        Ok(id) => id,
+        Err(_) => {
+            // A filter is already there (agent restart, upgrade): replace it in place.
+            let old = SchedClassifierLink::attached(ifname, kind, pins::TC_PRIORITY, handle, None)
+                .map_err(|e| err(aya::programs::tc::TcError::IoError(e).into()))?;
+            p.attach_to_link(old).map_err(err)?
+        }
+    };
+    // Dropping the link would detach it: the attachment must outlive this process.
+    let link = p.take_link(id).map_err(err)?;
+    core::mem::forget(link);
+    Ok(())
+}
