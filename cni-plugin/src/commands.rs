@@ -1,0 +1,529 @@
+//! What the plugin does for each CNI command. ADD wires a pod: address from IPAM, a veth pair
+//! created in one netlink message with its peer born inside the pod's namespace, the pod side
+//! configured (address, a link-scope route to the gateway, a default route and a permanent
+//! neighbour entry for the gateway, so the pod never ARPs), a host route to the pod, the
+//! datapath's TC program on the host side and the endpoint in the datapath's maps. Any failure
+//! after allocation undoes all of it.
+//!
+//! Why a link-local gateway (169.254.1.1 by default) and a /32 pod address: there is no bridge
+//! to own a gateway address. The pod sends everything to the host-side veth's MAC (the
+//! permanent neighbour entry), and the TC program or the node's routing takes it from there —
+//! the same address works for every pod, and no address of the pod CIDR is spent on gateways.
+//!
+//! DEL needs nothing but the attachment's identity: the host veth name is derived from it and
+//! the addresses come from IPAM, so it works with the netns gone, without prevResult and with
+//! the agent down.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use datapath_common::{endpoint, pins, user};
+use ipnetwork::IpNetwork;
+
+use crate::{
+    config::NetConf,
+    env::Env,
+    error::CniError,
+    netlink::{host_veth_name, in_netns, mac_string, Netlink, NlError},
+    result::{CniResult, Interface, IpConfig, Route},
+};
+
+fn nl_err(e: NlError) -> CniError {
+    CniError::Netlink {
+        op: e.op,
+        target: e.target.clone(),
+        source: Box::new(e),
+    }
+}
+
+fn dp_err(op: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> CniError {
+    CniError::Datapath {
+        op: op.into(),
+        source: Box::new(e),
+    }
+}
+
+/// The IPAM store of this network: `<stateDir>/ipam/<network name>`.
+fn ipam_store(conf: &NetConf) -> Result<ipam::Store, CniError> {
+    let dir = conf.state_dir.join("ipam").join(&conf.name);
+    Ok(ipam::Store::open(dir, conf.pod_cidrs.clone(), Vec::new())?)
+}
+
+/// The endpoint maps; a datapath that was never loaded is "try again later".
+fn open_endpoints(bpffs: &Path) -> Result<user::Endpoints, CniError> {
+    user::Endpoints::open(bpffs).map_err(|e| {
+        if e.is_not_found() {
+            CniError::TryAgain {
+                reason: format!(
+                    "the Sluice datapath is not loaded in {} (is sluice-agent running?)",
+                    bpffs.display()
+                ),
+            }
+        } else {
+            dp_err("open endpoint maps", e)
+        }
+    })
+}
+
+fn ids(env: &Env) -> (&str, &str) {
+    (
+        env.container_id.as_deref().unwrap_or_default(),
+        env.ifname.as_deref().unwrap_or_default(),
+    )
+}
+
+fn open_netns(path: &Path) -> Result<File, CniError> {
+    File::open(path).map_err(|source| CniError::Netns {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// What ADD created so far, undone in reverse order if a later step fails.
+struct Undo<'a> {
+    conf: &'a NetConf,
+    store: &'a ipam::Store,
+    cid: &'a str,
+    ifname: &'a str,
+    host_veth: Option<String>,
+    endpoints: Vec<IpAddr>,
+}
+
+impl Undo<'_> {
+    fn run(self, eps: &mut user::Endpoints) {
+        for ip in &self.endpoints {
+            let _ = eps.remove(*ip);
+        }
+        if let Some(name) = &self.host_veth {
+            if let Ok(nl) = Netlink::new() {
+                if let Ok(Some(l)) = nl.link(name) {
+                    let _ = nl.delete_link(l.index, name);
+                }
+            }
+        }
+        let _ = self.store.release(self.cid, self.ifname);
+        let _ = self.conf;
+    }
+}
+
+pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
+    let (cid, ifname) = ids(env);
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let cidrs = conf.require_pod_cidrs()?;
+    if cidrs.iter().any(|c| c.is_ipv6()) {
+        return Err(CniError::InvalidConfig {
+            reason: "IPv6 pod CIDRs are not supported by this datapath yet".into(),
+        });
+    }
+    let IpAddr::V4(gateway) = conf.gateway else {
+        return Err(CniError::InvalidConfig {
+            reason: "gateway must be an IPv4 address".into(),
+        });
+    };
+    // Fail before allocating anything when the datapath or the namespace is missing.
+    let mut eps = open_endpoints(&conf.bpffs)?;
+    if !user::prog_path(&conf.bpffs, pins::PROG_FROM_POD).exists() {
+        return Err(CniError::TryAgain {
+            reason: format!(
+                "program {} is not pinned (is sluice-agent running?)",
+                pins::PROG_FROM_POD
+            ),
+        });
+    }
+    let netns = open_netns(&netns_path)?;
+    let taken = in_netns(&netns, || {
+        Netlink::new()
+            .and_then(|nl| nl.link(ifname))
+            .map_err(nl_err)
+    })?;
+    if taken.is_some() {
+        return Err(CniError::InterfaceExists {
+            ifname: ifname.into(),
+            netns: netns_path,
+        });
+    }
+
+    let store = ipam_store(conf)?;
+    let owner = ipam::Owner {
+        container_id: cid.into(),
+        ifname: ifname.into(),
+        pod_namespace: env.args.k8s_pod_namespace.clone(),
+        pod_name: env.args.k8s_pod_name.clone(),
+    };
+    let allocs = store.allocate(&owner, conf.requested_ips(&env.args))?;
+    let mut undo = Undo {
+        conf,
+        store: &store,
+        cid,
+        ifname,
+        host_veth: None,
+        endpoints: Vec::new(),
+    };
+    match wire(env, conf, &netns, gateway, &allocs, &mut eps, &mut undo) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            undo.run(&mut eps);
+            Err(e)
+        }
+    }
+}
+
+fn wire(
+    env: &Env,
+    conf: &NetConf,
+    netns: &File,
+    gateway: Ipv4Addr,
+    allocs: &[ipam::Allocation],
+    eps: &mut user::Endpoints,
+    undo: &mut Undo<'_>,
+) -> Result<CniResult, CniError> {
+    let (cid, ifname) = ids(env);
+    let host = host_veth_name(cid, ifname);
+    let nl = Netlink::new().map_err(nl_err)?;
+    let mac = conf.requested_mac(&env.args).map(|m| m.0);
+    nl.create_veth(&host, ifname, netns, conf.mtu, mac)
+        .map_err(|e| {
+            if e.errno() == Some(libc::EEXIST) {
+                // Our deterministic name is taken: this attachment was added before without a DEL.
+                CniError::InterfaceExists {
+                    ifname: host.clone(),
+                    netns: PathBuf::from("(host)"),
+                }
+            } else {
+                nl_err(e)
+            }
+        })?;
+    undo.host_veth = Some(host.clone());
+    let host_link = nl
+        .link(&host)
+        .map_err(nl_err)?
+        .ok_or_else(|| CniError::Check {
+            reason: format!("host veth {host} vanished after creation"),
+        })?;
+    nl.set_up(host_link.index, &host).map_err(nl_err)?;
+
+    // Pod side.
+    let pod_ips: Vec<IpAddr> = allocs.iter().map(|a| a.addr).collect();
+    let host_mac = host_link.mac;
+    let pod_link = in_netns(netns, || {
+        let nl = Netlink::new().map_err(nl_err)?;
+        let l = nl
+            .link(ifname)
+            .map_err(nl_err)?
+            .ok_or_else(|| CniError::Check {
+                reason: format!("{ifname} missing in the pod namespace after creation"),
+            })?;
+        for ip in &pod_ips {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            nl.add_address(l.index, *ip, prefix).map_err(nl_err)?;
+        }
+        nl.set_up(l.index, ifname).map_err(nl_err)?;
+        nl.add_route_v4(gateway, 32, None, l.index)
+            .map_err(nl_err)?;
+        nl.add_route_v4(Ipv4Addr::UNSPECIFIED, 0, Some(gateway), l.index)
+            .map_err(nl_err)?;
+        nl.add_permanent_neighbour(l.index, IpAddr::V4(gateway), host_mac)
+            .map_err(nl_err)?;
+        Ok(l)
+    })?;
+
+    // Host side: route to the pod, datapath program, endpoint record.
+    for ip in &pod_ips {
+        if let IpAddr::V4(v4) = ip {
+            nl.add_route_v4(*v4, 32, None, host_link.index)
+                .map_err(nl_err)?;
+        }
+    }
+    user::attach_pinned_tc(&conf.bpffs, pins::PROG_FROM_POD, &host, true)
+        .map_err(|e| dp_err(format!("attach to {host}"), e))?;
+    let value = endpoint::Value {
+        ifindex: host_link.index,
+        flags: 0,
+        pod_mac: pod_link.mac,
+        host_mac,
+    };
+    let meta = user::endpoint_meta(
+        cid,
+        ifname,
+        env.args.k8s_pod_namespace.as_deref().unwrap_or_default(),
+        env.args.k8s_pod_name.as_deref().unwrap_or_default(),
+    );
+    for ip in &pod_ips {
+        undo.endpoints.push(*ip);
+        eps.insert(*ip, &value, &meta)
+            .map_err(|e| dp_err("record endpoint", e))?;
+    }
+
+    let netns_str = env.netns.as_ref().map(|p| p.display().to_string());
+    let v11 = conf.version_at_least("1.1.0");
+    Ok(CniResult {
+        interfaces: vec![
+            Interface {
+                name: host,
+                mac: Some(mac_string(host_mac)),
+                sandbox: None,
+                mtu: v11.then_some(conf.mtu),
+            },
+            Interface {
+                name: ifname.into(),
+                mac: Some(mac_string(pod_link.mac)),
+                sandbox: netns_str,
+                mtu: v11.then_some(conf.mtu),
+            },
+        ],
+        ips: pod_ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: IpNetwork::new(*ip, if ip.is_ipv4() { 32 } else { 128 })
+                    .expect("full-length prefix is valid"),
+                gateway: Some(IpAddr::V4(gateway)),
+                interface: Some(1),
+            })
+            .collect(),
+        routes: vec![Route {
+            dst: "0.0.0.0/0".parse().expect("literal CIDR"),
+            gw: Some(IpAddr::V4(gateway)),
+        }],
+        dns: conf.dns.clone(),
+    })
+}
+
+/// Tears down one attachment; every step is best-effort and a missing piece is success.
+fn teardown(conf: &NetConf, cid: &str, ifname: &str, errors: &mut Vec<CniError>) {
+    let store = match ipam_store(conf) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let addrs: Vec<IpAddr> = match store.as_ref().map(|s| s.get(cid, ifname)) {
+        Some(Ok(a)) => a.into_iter().map(|a| a.addr).collect(),
+        Some(Err(e)) => {
+            errors.push(e.into());
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    if !addrs.is_empty() {
+        match user::Endpoints::open(&conf.bpffs) {
+            Ok(mut eps) => {
+                for ip in &addrs {
+                    if let Err(e) = eps.remove(*ip) {
+                        errors.push(dp_err("remove endpoint", e));
+                    }
+                }
+            }
+            // No datapath was ever loaded here: nothing to remove.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => errors.push(dp_err("open endpoint maps", e)),
+        }
+    }
+    let host = host_veth_name(cid, ifname);
+    match Netlink::new().and_then(|nl| {
+        if let Some(l) = nl.link(&host)? {
+            match nl.delete_link(l.index, &host) {
+                Err(e) if e.errno() == Some(libc::ENODEV) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }) {
+        Ok(()) => {}
+        Err(e) => errors.push(nl_err(e)),
+    }
+    if let Some(store) = store {
+        if let Err(e) = store.release(cid, ifname) {
+            errors.push(e.into());
+        }
+    }
+}
+
+pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let (cid, ifname) = ids(env);
+    let mut errors = Vec::new();
+    teardown(conf, cid, ifname, &mut errors);
+    CniError::from_many(errors).map_or(Ok(()), Err)
+}
+
+pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let (cid, ifname) = ids(env);
+    let fail = |reason: String| CniError::Check { reason };
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| fail("required prevResult missing".into()))?;
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let netns_str = netns_path.display().to_string();
+    let (idx, iface) = prev
+        .interfaces
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.name == ifname && i.sandbox.as_deref() == Some(netns_str.as_str()))
+        .ok_or_else(|| {
+            fail(format!(
+                "prevResult has no interface {ifname} in {netns_str}"
+            ))
+        })?;
+    let want_ips: Vec<IpAddr> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(idx as u32))
+        .map(|ip| ip.address.ip())
+        .collect();
+
+    // IPAM still holds the addresses for this attachment.
+    let held: Vec<IpAddr> = ipam_store(conf)?
+        .get(cid, ifname)?
+        .into_iter()
+        .map(|a| a.addr)
+        .collect();
+    for ip in &want_ips {
+        if !held.contains(ip) {
+            return Err(fail(format!(
+                "address {ip} is not reserved for {cid}/{ifname}"
+            )));
+        }
+    }
+    // Host side: the veth, and the datapath's record of each address pointing at it.
+    let host = host_veth_name(cid, ifname);
+    let nl = Netlink::new().map_err(nl_err)?;
+    let host_link = nl
+        .link(&host)
+        .map_err(nl_err)?
+        .ok_or_else(|| fail(format!("host veth {host} is missing")))?;
+    let eps = open_endpoints(&conf.bpffs).map_err(|e| fail(format!("{e}")))?;
+    for ip in &want_ips {
+        match eps.get(*ip) {
+            Some(v) if v.ifindex == host_link.index => {}
+            Some(_) => {
+                return Err(fail(format!(
+                    "datapath entry for {ip} points at another interface"
+                )))
+            }
+            None => return Err(fail(format!("datapath has no entry for {ip}"))),
+        }
+    }
+    // Pod side.
+    let netns = open_netns(&netns_path)?;
+    let want_mac = iface.mac.clone();
+    let gw = conf.gateway;
+    in_netns(&netns, || {
+        let nl = Netlink::new().map_err(nl_err)?;
+        let l = nl
+            .link(ifname)
+            .map_err(nl_err)?
+            .ok_or_else(|| fail(format!("{ifname} is missing in {netns_str}")))?;
+        if !l.is_veth {
+            return Err(fail(format!("{ifname} is not a veth")));
+        }
+        if let Some(m) = &want_mac {
+            if !m.eq_ignore_ascii_case(&mac_string(l.mac)) {
+                return Err(fail(format!(
+                    "{ifname} has MAC {}, expected {m}",
+                    mac_string(l.mac)
+                )));
+            }
+        }
+        let have = nl.addresses(l.index).map_err(nl_err)?;
+        for ip in &want_ips {
+            if !have.contains(ip) {
+                return Err(fail(format!("{ifname} lacks address {ip}")));
+            }
+        }
+        if let IpAddr::V4(g) = gw {
+            if !nl.has_default_route_v4(g).map_err(nl_err)? {
+                return Err(fail(format!("no default route via {g}")));
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    let na = |reason: String| CniError::NotAvailable { reason };
+    for p in pins::PROGRAMS {
+        if !user::prog_path(&conf.bpffs, p).exists() {
+            return Err(na(format!(
+                "the Sluice datapath is not loaded in {}",
+                conf.bpffs.display()
+            )));
+        }
+    }
+    let sock = conf.state_dir.join("agent.sock");
+    if std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        return Err(na(format!(
+            "sluice-agent is not running (no answer on {})",
+            sock.display()
+        )));
+    }
+    if !conf.pod_cidrs.is_empty() {
+        for (range, free) in ipam_store(conf)?.free_count()? {
+            if free == 0 {
+                return Err(na(format!("address pool {range} is exhausted")));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn gc(conf: &NetConf) -> Result<(), CniError> {
+    // No list at all means "no information": delete nothing.
+    let Some(valid) = &conf.valid_attachments else {
+        return Ok(());
+    };
+    let keep: HashSet<(&str, &str)> = valid
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
+    let mut errors = Vec::new();
+    let mut stale: Vec<(String, String)> = Vec::new();
+    if !conf.pod_cidrs.is_empty() {
+        match ipam_store(conf).and_then(|s| s.list().map_err(CniError::from)) {
+            Ok(allocs) => {
+                for a in allocs {
+                    let id = (a.owner.container_id.clone(), a.owner.ifname.clone());
+                    if !keep.contains(&(id.0.as_str(), id.1.as_str())) && !stale.contains(&id) {
+                        stale.push(id);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    // Endpoints recorded in the datapath without an IPAM record (an interrupted ADD).
+    if let Ok(eps) = user::Endpoints::open(&conf.bpffs) {
+        if let Ok(list) = eps.list() {
+            for e in list {
+                let id = (e.container_id.clone(), e.ifname.clone());
+                if !id.0.is_empty()
+                    && !keep.contains(&(id.0.as_str(), id.1.as_str()))
+                    && !stale.contains(&id)
+                {
+                    stale.push(id);
+                }
+            }
+        }
+    }
+    for (cid, ifname) in &stale {
+        teardown(conf, cid, ifname, &mut errors);
+        // Entries without IPAM records are removed by address here.
+        if let Ok(mut eps) = user::Endpoints::open(&conf.bpffs) {
+            if let Ok(list) = eps.list() {
+                for e in list
+                    .into_iter()
+                    .filter(|e| &e.container_id == cid && &e.ifname == ifname)
+                {
+                    if let Err(err) = eps.remove(e.addr) {
+                        errors.push(dp_err("remove endpoint", err));
+                    }
+                }
+            }
+        }
+    }
+    CniError::from_many(errors).map_or(Ok(()), Err)
+}
