@@ -1,1 +1,11 @@
+//! The node agent (`sluice-agent`) and operator CLI (`sluicectl`): loading and pinning the
+//! datapath, following cluster state, installing the CNI plugin, and the local API the CLI
+//! talks to.
 
+pub mod agent;
+pub mod api;
+pub mod cni_install;
+pub mod datapath;
+pub mod manifests;
+pub mod model;
+pub mod node;

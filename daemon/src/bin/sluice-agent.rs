@@ -1,1 +1,142 @@
-fn main() {}
+//! `sluice-agent`: Sluice's node agent. Loads and pins the eBPF datapath, installs the CNI
+//! plugin and its config once the datapath is ready, follows cluster state and serves the
+//! local API that `sluicectl` uses.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use daemon::{agent, datapath, node};
+use ipnetwork::IpNetwork;
+
+/// Sluice node agent: eBPF pod networking for Kubernetes.
+///
+/// Loads the datapath once (pinning maps and programs under <BPFFS>/sluice), then installs the
+/// CNI plugin into --cni-bin-dir and 05-sluice.conflist into --cni-conf-dir. The datapath keeps
+/// forwarding while the agent is stopped or restarted; `--uninstall` removes it.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// This node's name (the Node object whose podCIDR to use).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Standalone mode: read Kubernetes objects (YAML/JSON) from DIR and follow its changes,
+    /// instead of talking to an API server.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// Pod CIDR of this node (repeat for dual-stack). Default: the Node object's spec.podCIDRs.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pod_cidr: Vec<IpNetwork>,
+    /// Interface to the outside, used for masquerade. Default: the default route's interface.
+    #[arg(long, value_name = "IFACE")]
+    uplink: Option<String>,
+    /// Agent state: IPAM store, API socket.
+    #[arg(long, value_name = "DIR", default_value = "/run/sluice")]
+    state_dir: PathBuf,
+    /// bpffs to pin into (mounted if none is mounted there).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+    /// cgroup v2 directory for socket programs. Default: the cgroup v2 mount.
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
+    /// Where the runtime reads CNI configs.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Where the runtime finds CNI plugins.
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The plugin binary to install. Default: sluice-cni next to this executable.
+    #[arg(long, value_name = "PATH")]
+    cni_plugin: Option<PathBuf>,
+    /// Do not masquerade pod traffic leaving for the outside.
+    #[arg(long)]
+    no_masquerade: bool,
+    /// Pod interface MTU. Default: the uplink's MTU.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Remove Sluice from this node (uplink programs, pins, CNI config and binary) and exit.
+    #[arg(long)]
+    uninstall: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(args.log_format);
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("sluice-agent must run as root (it loads eBPF programs and changes links)");
+    }
+    if args.uninstall {
+        let uplink = args
+            .uplink
+            .clone()
+            .or_else(|| node::default_route_iface().ok());
+        datapath::uninstall(&args.bpffs, uplink.as_deref())?;
+        for p in [
+            args.cni_conf_dir.join(daemon::cni_install::CONFLIST_NAME),
+            args.cni_bin_dir.join(daemon::cni_install::PLUGIN_TYPE),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("remove {}", p.display())),
+            }
+        }
+        tracing::info!("sluice removed from this node");
+        return Ok(());
+    }
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("read the hostname (pass --node-name)")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let cni_plugin = match args.cni_plugin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locate this executable")?
+            .with_file_name("sluice-cni"),
+    };
+    let settings = agent::Settings {
+        node_name,
+        manifests: args.manifests,
+        pod_cidrs: args.pod_cidr,
+        uplink: args.uplink,
+        state_dir: args.state_dir,
+        bpffs: args.bpffs,
+        cgroup_root: args.cgroup_root.or_else(node::cgroup2_mount),
+        cni_conf_dir: args.cni_conf_dir,
+        cni_bin_dir: args.cni_bin_dir,
+        cni_plugin,
+        masquerade: !args.no_masquerade,
+        mtu: args.mtu,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(agent::run(settings))
+        .inspect_err(|e| tracing::error!(error = %format!("{e:#}"), "agent failed"))
+}

@@ -1,1 +1,103 @@
-fn main() {}
+//! `sluicectl`: the operator's view of a Sluice node, through the agent's local API.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+use daemon::api::{self, Reply, Request};
+
+/// Inspect a Sluice node: datapath status and local endpoints (pods).
+///
+/// Talks to sluice-agent over <STATE_DIR>/agent.sock, which only root can open.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The agent's state directory (same as sluice-agent --state-dir).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/run/sluice")]
+    state_dir: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Whether the datapath is loaded, the node's settings and the datapath's counters.
+    Status,
+    /// Local endpoints: pod, address, host veth, ifindex.
+    Endpoints,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("sluicectl must run as root (the agent's socket is root-only)");
+    }
+    let req = match args.command {
+        Cmd::Status => Request::Status,
+        Cmd::Endpoints => Request::Endpoints,
+    };
+    let reply = api::call(&args.state_dir, &req)?;
+    match (reply, args.output) {
+        (Reply::Error(e), _) => bail!("the agent answered: {e}"),
+        (Reply::Status(s), Output::Json) => println!("{}", serde_json::to_string_pretty(&s)?),
+        (Reply::Endpoints(e), Output::Json) => println!("{}", serde_json::to_string_pretty(&e)?),
+        (Reply::Status(s), Output::Table) => {
+            println!("Node:          {}", s.node_name);
+            println!(
+                "Datapath:      {}",
+                if s.datapath_loaded {
+                    "loaded"
+                } else {
+                    "NOT LOADED"
+                }
+            );
+            println!("bpffs:         {}", s.bpffs);
+            println!("Uplink:        {} ({})", s.uplink, s.node_ip);
+            println!("Pod CIDRs:     {}", s.pod_cidrs.join(", "));
+            println!("Masquerade:    {}", if s.masquerade { "on" } else { "off" });
+            println!("Endpoints:     {}", s.endpoints);
+            println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
+            println!(
+                "Agent uptime:  {}s (version {})",
+                s.uptime_seconds, s.version
+            );
+            println!("Counters:");
+            for c in &s.counters {
+                println!(
+                    "  {:<22} {:>12} pkts {:>14} bytes",
+                    c.reason, c.packets, c.bytes
+                );
+            }
+        }
+        (Reply::Endpoints(eps), Output::Table) => {
+            println!(
+                "{:<32} {:<16} {:<16} {:>7}  {}",
+                "POD", "ADDRESS", "HOST VETH", "IFINDEX", "MAC"
+            );
+            for e in eps {
+                let pod = if e.pod.is_empty() {
+                    format!(
+                        "(container {})",
+                        e.container_id.chars().take(12).collect::<String>()
+                    )
+                } else {
+                    format!("{}/{}", e.namespace, e.pod)
+                };
+                println!(
+                    "{:<32} {:<16} {:<16} {:>7}  {}",
+                    pod, e.address, e.host_veth, e.ifindex, e.mac
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The node agent's life: set up the datapath, install the CNI plugin, serve the local API and
+//! follow cluster state until asked to stop. Kept out of the binary's `main` so its pieces can
+//! be read in one place.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use datapath_common::{config, nat, user};
+use ipnetwork::IpNetwork;
+
+use crate::{api, cni_install, datapath, manifests, model::ClusterState, node};
+
+/// Everything the agent was told on its command line, resolved to concrete values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub manifests: Option<PathBuf>,
+    pub pod_cidrs: Vec<IpNetwork>,
+    pub uplink: Option<String>,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dir: PathBuf,
+    pub cni_plugin: PathBuf,
+    pub masquerade: bool,
+    pub mtu: Option<u32>,
+}
+
+struct Shared {
+    settings: Settings,
+    uplink: String,
+    node_ip: Ipv4Addr,
+    pod_cidrs: Vec<IpNetwork>,
+    adopted_maps: usize,
+    started: Instant,
+    cluster: RwLock<Arc<ClusterState>>,
+}
+
+impl api::Handler for Shared {
+    fn status(&self) -> anyhow::Result<api::Status> {
+        let bpffs = &self.settings.bpffs;
+        let loaded = datapath_common::pins::PROGRAMS
+            .iter()
+            .all(|p| user::prog_path(bpffs, p).exists());
+        let endpoints = user::Endpoints::open(bpffs)
+            .and_then(|e| e.list())
+            .map(|l| l.len());
+        let counters = user::read_metrics(bpffs)
+            .map(|c| {
+                c.into_iter()
+                    .map(|(r, p, b)| api::Counter {
+                        reason: r.into(),
+                        packets: p,
+                        bytes: b,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(api::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_name: self.settings.node_name.clone(),
+            datapath_loaded: loaded && endpoints.is_ok(),
+            bpffs: bpffs.display().to_string(),
+            uplink: self.uplink.clone(),
+            node_ip: self.node_ip.to_string(),
+            pod_cidrs: self.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+            masquerade: self.settings.masquerade,
+            endpoints: endpoints.unwrap_or(0),
+            adopted_maps: self.adopted_maps,
+            manifests: self
+                .settings
+                .manifests
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            counters,
+        })
+    }
+
+    fn endpoints(&self) -> anyhow::Result<Vec<api::Endpoint>> {
+        let eps = user::Endpoints::open(&self.settings.bpffs)?.list()?;
+        let cluster = self
+            .cluster
+            .read()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+            .clone();
+        Ok(eps
+            .into_iter()
+            .map(|e| {
+                let labels: BTreeMap<String, String> = cluster
+                    .pod(&e.namespace, &e.name)
+                    .and_then(|p| p.metadata.labels.clone())
+                    .unwrap_or_default();
+                let m = e.value.pod_mac;
+                api::Endpoint {
+                    host_veth: nix::net::if_::if_indextoname(e.value.ifindex)
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "?".into()),
+                    namespace: e.namespace,
+                    pod: e.name,
+                    address: e.addr.to_string(),
+                    ifindex: e.value.ifindex,
+                    mac: format!(
+                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                        m[0], m[1], m[2], m[3], m[4], m[5]
+                    ),
+                    container_id: e.container_id,
+                    ifname: e.ifname,
+                    labels,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The pod CIDRs: from the flag, else from this node's Node object in the manifests.
+fn resolve_pod_cidrs(s: &Settings, cluster: &ClusterState) -> anyhow::Result<Vec<IpNetwork>> {
+    if !s.pod_cidrs.is_empty() {
+        return Ok(s.pod_cidrs.clone());
+    }
+    let from_node = cluster.pod_cidrs(&s.node_name);
+    if from_node.is_empty() {
+        bail!(
+            "no pod CIDR for node {:?}: pass --pod-cidr, or add a Node named {:?} with \
+             spec.podCIDR to the manifests directory",
+            s.node_name,
+            s.node_name
+        );
+    }
+    Ok(from_node)
+}
+
+/// Runs the agent until SIGINT/SIGTERM. The datapath stays in place when it returns.
+pub async fn run(s: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&s.state_dir)
+        .with_context(|| format!("create state dir {}", s.state_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&s.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", s.state_dir.display()))?;
+    }
+
+    // Cluster state first: the Node object may carry the pod CIDR.
+    let (mut updates, initial) = match &s.manifests {
+        Some(dir) => {
+            let (rx, _task) = manifests::watch(dir.clone(), Duration::from_millis(200))
+                .with_context(|| format!("watch manifests in {}", dir.display()))?;
+            let first = rx.borrow().clone();
+            (Some(rx), first)
+        }
+        None => (None, Arc::new(ClusterState::default())),
+    };
+    let pod_cidrs = resolve_pod_cidrs(&s, &initial)?;
+    let pod4 = pod_cidrs
+        .iter()
+        .find_map(|c| match c {
+            IpNetwork::V4(n) => Some(*n),
+            IpNetwork::V6(_) => None,
+        })
+        .context("an IPv4 pod CIDR is required (IPv6-only is not supported yet)")?;
+
+    let uplink = match &s.uplink {
+        Some(u) => u.clone(),
+        None => node::default_route_iface()?,
+    };
+    let uplink_ifindex = node::ifindex(&uplink)?;
+    let node_ip = node::iface_ipv4(&uplink)?;
+    let mtu = match s.mtu {
+        Some(m) => m,
+        None => node::mtu(&uplink)?,
+    };
+
+    let mounted = datapath::ensure_bpffs(&s.bpffs)?;
+    if mounted {
+        tracing::info!(bpffs = %s.bpffs.display(), "mounted a bpffs");
+    }
+    let dp = datapath::Datapath::load(&s.bpffs)?;
+    let mut cfg = config::NodeConfig::zeroed();
+    cfg.pod_cidr4 = pod4.network().octets();
+    cfg.pod_prefix4 = pod4.prefix();
+    cfg.node_ip4 = node_ip.octets();
+    cfg.uplink_ifindex = uplink_ifindex;
+    cfg.snat_port_min = nat::DEFAULT_PORT_MIN;
+    cfg.snat_port_max = nat::DEFAULT_PORT_MAX;
+    cfg.flags = if s.masquerade {
+        config::FLAG_MASQUERADE
+    } else {
+        0
+    };
+    dp.configure(&cfg)?;
+    dp.attach_uplink(&uplink)?;
+    let (reattached, stale) = dp.reattach_endpoints()?;
+    node::enable_forwarding()?;
+    tracing::info!(
+        bpffs = %s.bpffs.display(),
+        adopted_maps = dp.adopted_maps,
+        reattached,
+        stale,
+        %uplink,
+        %node_ip,
+        pod_cidr = %pod4,
+        "datapath loaded"
+    );
+
+    // The datapath is ready: now, and only now, offer the network to the runtime.
+    let bin = cni_install::install_binary(&s.cni_plugin, &s.cni_bin_dir)?;
+    let conf = cni_install::write_conflist(
+        &s.cni_conf_dir,
+        &cni_install::PluginConfig {
+            pod_cidrs: &pod_cidrs,
+            mtu,
+            state_dir: &s.state_dir,
+            bpffs: &s.bpffs,
+        },
+    )?;
+    tracing::info!(binary = %bin.display(), conflist = %conf.display(), "CNI plugin installed");
+
+    let shared = Arc::new(Shared {
+        settings: s.clone(),
+        uplink,
+        node_ip,
+        pod_cidrs: pod_cidrs.clone(),
+        adopted_maps: dp.adopted_maps,
+        started: Instant::now(),
+        cluster: RwLock::new(initial),
+    });
+    let listener = api::bind(&s.state_dir)?;
+    let server = tokio::spawn(api::serve(listener, shared.clone()));
+    tracing::info!(socket = %api::socket_path(&s.state_dir).display(), "agent ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            changed = async {
+                match updates.as_mut() {
+                    Some(rx) => rx.changed().await.map(|_| rx.borrow().clone()),
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Ok(state) = changed else {
+                    tracing::warn!("manifests watcher stopped");
+                    updates = None;
+                    continue;
+                };
+                on_cluster_change(&shared, &state);
+                *shared.cluster.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))? = state;
+            }
+        }
+    }
+    server.abort();
+    let _ = std::fs::remove_file(api::socket_path(&s.state_dir));
+    tracing::info!("agent stopping; the datapath keeps forwarding");
+    Ok(())
+}
+
+fn on_cluster_change(shared: &Shared, state: &ClusterState) {
+    let _span = tracing::info_span!("reconcile", node = %shared.settings.node_name).entered();
+    tracing::info!(objects = state.len(), "cluster state changed");
+    if shared.settings.pod_cidrs.is_empty() {
+        let now = state.pod_cidrs(&shared.settings.node_name);
+        if !now.is_empty() && now != shared.pod_cidrs {
+            tracing::warn!(
+                old = ?shared.pod_cidrs,
+                new = ?now,
+                "the Node's pod CIDR changed; restart the agent to use it (existing pods keep their addresses)"
+            );
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The agent's local API: one JSON request line in, one JSON reply line out, over a unix socket
+//! `<state-dir>/agent.sock` that only root can open (mode 0600). `sluicectl` is its client; the
+//! CNI plugin's STATUS checks that it answers.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+pub const SOCKET_NAME: &str = "agent.sock";
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_NAME)
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "get", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Endpoints,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counter {
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    pub node_name: String,
+    pub datapath_loaded: bool,
+    pub bpffs: String,
+    pub uplink: String,
+    pub node_ip: String,
+    pub pod_cidrs: Vec<String>,
+    pub masquerade: bool,
+    pub endpoints: usize,
+    pub adopted_maps: usize,
+    pub manifests: Option<String>,
+    pub uptime_seconds: u64,
+    pub counters: Vec<Counter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub namespace: String,
+    pub pod: String,
+    pub address: String,
+    pub host_veth: String,
+    pub ifindex: u32,
+    pub mac: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    Status(Status),
+    Endpoints(Vec<Endpoint>),
+    Error(String),
+}
+
+/// What the server asks of the agent.
+pub trait Handler: Send + Sync + 'static {
+    fn status(&self) -> anyhow::Result<Status>;
+    fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>>;
+}
+
+/// Binds the socket (replacing a stale one from a killed agent) with mode 0600.
+pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = socket_path(state_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove stale {}", path.display())),
+    }
+    let l = UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(l)
+}
+
+/// Serves requests until the task is dropped.
+pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on the API socket");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let h = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, h).await {
+                tracing::debug!(error = %format!("{e:#}"), "API request failed");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, handler: Arc<dyn Handler>) -> anyhow::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut r = BufReader::new(r);
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+        .await
+        .context("request timed out")??;
+    let reply = match serde_json::from_str::<Request>(line.trim()) {
+        Err(e) => Reply::Error(format!("bad request: {e}")),
+        Ok(req) => {
+            let h = handler.clone();
+            // Map reads are syscalls: keep them off the async workers.
+            let res = tokio::task::spawn_blocking(move || match req {
+                Request::Status => h.status().map(Reply::Status),
+                Request::Endpoints => h.endpoints().map(Reply::Endpoints),
+            })
+            .await
+            .context("handler panicked")?;
+            res.unwrap_or_else(|e| Reply::Error(format!("{e:#}")))
+        }
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+/// Client side (blocking): sends one request and reads the reply.
+pub fn call(state_dir: &Path, req: &Request) -> anyhow::Result<Reply> {
+    use std::io::{BufRead as _, Write as _};
+    let path = socket_path(state_dir);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connect to the agent at {} (is sluice-agent running with this --state-dir?)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut reply)
+        .context("read the agent's reply")?;
+    if reply.is_empty() {
+        bail!("the agent closed the connection without a reply");
+    }
+    serde_json::from_str(&reply).context("decode the agent's reply")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+    impl Handler for Fixed {
+        fn status(&self) -> anyhow::Result<Status> {
+            Ok(Status {
+                version: "v".into(),
+                node_name: "n1".into(),
+                datapath_loaded: true,
+                bpffs: "/b".into(),
+                uplink: "up0".into(),
+                node_ip: "192.0.2.2".into(),
+                pod_cidrs: vec!["10.244.1.0/24".into()],
+                masquerade: true,
+                endpoints: 3,
+                adopted_maps: 0,
+                manifests: None,
+                uptime_seconds: 1,
+                counters: vec![],
+            })
+        }
+        fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
+            anyhow::bail!("maps unavailable")
+        }
+    }
+
+    /// Test that a request over the real socket gets its reply, errors included, and that the
+    /// socket is root-only.
+    #[tokio::test]
+    async fn socket_roundtrip() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let l = bind(d.path()).unwrap();
+        let mode = std::fs::metadata(socket_path(d.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let server = tokio::spawn(serve(l, Arc::new(Fixed)));
+        let dir = d.path().to_path_buf();
+        let (st, ep) = tokio::task::spawn_blocking(move || {
+            (
+                call(&dir, &Request::Status).unwrap(),
+                call(&dir, &Request::Endpoints).unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+        match st {
+            Reply::Status(s) => assert_eq!((s.node_name.as_str(), s.endpoints), ("n1", 3)),
+            other => panic!("unexpected {other:?}"),
+        }
+        match ep {
+            Reply::Error(e) => assert!(e.contains("maps unavailable"), "{e}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        server.abort();
+    }
+}

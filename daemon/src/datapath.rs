@@ -1,0 +1,234 @@
+//! Loading the eBPF datapath: mounts a bpffs if needed, loads the object once, adopts the maps
+//! already pinned under `<bpffs>/sluice/maps` (after checking their layout) or creates and pins
+//! them, pins the programs under `<bpffs>/sluice/progs` (replacing older ones by rename, so a
+//! CNI ADD never sees a missing pin), writes the node configuration and attaches the uplink
+//! programs. Everything it sets up outlives the agent process: pins and netlink filters keep
+//! forwarding while the agent restarts.
+
+use std::{
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{Array, Map, MapData, MapInfo},
+    programs::SchedClassifier,
+    EbpfLoader,
+};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, user};
+
+/// The datapath object, built by build.rs through aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-datapath"));
+
+/// `statfs` magic of a bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// The layout every pinned map must have: (name, key size, value size, max entries).
+pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
+    (
+        config::MAP_NAME,
+        size_of::<u32>(),
+        size_of::<config::NodeConfig>(),
+        config::MAX_ENTRIES,
+    ),
+    (
+        endpoint::MAP_NAME,
+        size_of::<IpKey>(),
+        size_of::<endpoint::Value>(),
+        endpoint::MAX_ENTRIES,
+    ),
+    (
+        endpoint::META_MAP_NAME,
+        size_of::<IpKey>(),
+        size_of::<endpoint::Meta>(),
+        endpoint::MAX_ENTRIES,
+    ),
+    (
+        metrics::MAP_NAME,
+        size_of::<u32>(),
+        size_of::<metrics::Counter>(),
+        metrics::MAX_ENTRIES,
+    ),
+    (
+        nat::MAP_NAME,
+        size_of::<nat::Tuple>(),
+        size_of::<nat::Binding>(),
+        nat::MAX_ENTRIES,
+    ),
+    (
+        nat::REV_MAP_NAME,
+        size_of::<nat::Tuple>(),
+        size_of::<nat::Binding>(),
+        nat::MAX_ENTRIES,
+    ),
+];
+
+/// Whether `dir` is a mounted bpffs.
+pub fn is_bpffs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Mounts a bpffs at `dir` unless one is mounted there; returns whether it mounted one.
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<bool> {
+    if is_bpffs(dir) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mount a bpffs at {}", dir.display()))?;
+    Ok(true)
+}
+
+/// Checks that every map already pinned has the layout this agent was built for. A mismatch
+/// means a pin from an incompatible build under the same versioned name: refuse rather than
+/// let programs read the wrong bytes.
+pub fn check_pinned_layouts(bpffs: &Path) -> anyhow::Result<usize> {
+    let mut adopted = 0;
+    for (name, key, value, max) in MAP_LAYOUTS {
+        let path = user::map_path(bpffs, name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("read pinned map {}", path.display()))?;
+        let got = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if got != (*key, *value, *max) {
+            bail!(
+                "pinned map {} has key/value/max-entries {:?}, this agent expects {:?}; \
+                 remove the pin (sluice-agent --uninstall) to start over",
+                path.display(),
+                got,
+                (key, value, max)
+            );
+        }
+        adopted += 1;
+    }
+    Ok(adopted)
+}
+
+/// The loaded datapath.
+pub struct Datapath {
+    pub bpffs: PathBuf,
+    /// How many maps were adopted from earlier pins (0 on a fresh node).
+    pub adopted_maps: usize,
+}
+
+impl Datapath {
+    /// Loads the object, adopting or pinning maps, and pins every program.
+    pub fn load(bpffs: &Path) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it");
+        }
+        let maps_dir = bpffs.join(pins::MAPS_DIR);
+        let progs_dir = bpffs.join(pins::PROGS_DIR);
+        for d in [&maps_dir, &progs_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let adopted_maps = check_pinned_layouts(bpffs)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)
+            .context("load the eBPF object")?;
+        for name in pins::PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a TC classifier"))?;
+            prog.load()
+                .with_context(|| format!("verify and load {name}"))?;
+            let pin = user::prog_path(bpffs, name);
+            // bpffs refuses names with dots.
+            let tmp = progs_dir.join(format!("{name}_new"));
+            let _ = std::fs::remove_file(&tmp);
+            prog.pin(&tmp)
+                .with_context(|| format!("pin {name} at {}", tmp.display()))?;
+            // rename(2) on bpffs replaces the old pin atomically.
+            std::fs::rename(&tmp, &pin)
+                .with_context(|| format!("move {} to {}", tmp.display(), pin.display()))?;
+        }
+        // Maps and programs stay alive through their pins; the loader's fds can go.
+        drop(ebpf);
+        Ok(Self {
+            bpffs: bpffs.to_path_buf(),
+            adopted_maps,
+        })
+    }
+
+    /// Writes the node configuration the programs read.
+    pub fn configure(&self, cfg: &config::NodeConfig) -> anyhow::Result<()> {
+        let path = user::map_path(&self.bpffs, config::MAP_NAME);
+        let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+        let mut arr: Array<MapData, config::NodeConfig> =
+            Array::try_from(Map::Array(md)).context("config map type")?;
+        arr.set(0, cfg, 0).context("write the node configuration")?;
+        Ok(())
+    }
+
+    /// Attaches the masquerade programs to the uplink (replacing earlier ones in place).
+    pub fn attach_uplink(&self, uplink: &str) -> anyhow::Result<()> {
+        user::attach_pinned_tc(&self.bpffs, pins::PROG_UPLINK_EGRESS, uplink, false)?;
+        user::attach_pinned_tc(&self.bpffs, pins::PROG_UPLINK_INGRESS, uplink, true)?;
+        Ok(())
+    }
+
+    /// Re-attaches the current `sl_from_pod` to every endpoint's host veth, so pods created by
+    /// an older agent run the programs of this one. Returns (re-attached, missing veths).
+    pub fn reattach_endpoints(&self) -> anyhow::Result<(usize, usize)> {
+        let eps = user::Endpoints::open(&self.bpffs)?;
+        let (mut ok, mut missing) = (0, 0);
+        for ep in eps.list()? {
+            match nix::net::if_::if_indextoname(ep.value.ifindex) {
+                Ok(name) => {
+                    let name = name.to_string_lossy().into_owned();
+                    user::attach_pinned_tc(&self.bpffs, pins::PROG_FROM_POD, &name, true)?;
+                    ok += 1;
+                }
+                Err(_) => missing += 1,
+            }
+        }
+        Ok((ok, missing))
+    }
+}
+
+/// Removes Sluice from a node: detaches the uplink programs and removes every pin. Pods' veth
+/// filters go with their veths (DEL); their programs stay loaded only while attached.
+pub fn uninstall(bpffs: &Path, uplink: Option<&str>) -> anyhow::Result<()> {
+    if let Some(uplink) = uplink {
+        for (prog, kind) in [
+            (
+                pins::PROG_UPLINK_EGRESS,
+                aya::programs::TcAttachType::Egress,
+            ),
+            (
+                pins::PROG_UPLINK_INGRESS,
+                aya::programs::TcAttachType::Ingress,
+            ),
+        ] {
+            match aya::programs::tc::qdisc_detach_program(uplink, kind, prog) {
+                Ok(()) => {}
+                Err(aya::programs::tc::TcError::IoError(e))
+                    if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("detach {prog} from {uplink}")),
+            }
+        }
+    }
+    let root = bpffs.join(pins::ROOT_DIR);
+    if root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
+    }
+    Ok(())
+}
