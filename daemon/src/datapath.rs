@@ -19,7 +19,8 @@ use aya::{
 use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, user};
 
 /// The datapath object, built by build.rs through aya-build.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-datapath"));
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-datapath"));
 
 /// `statfs` magic of a bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
