@@ -305,21 +305,7 @@ pub fn mac_string(m: [u8; 6]) -> String {
     )
 }
 
-/// The host-side veth name of an attachment: `sl` + 13 hex digits of a 64-bit FNV-1a hash of
-/// `container_id/ifname` — deterministic (DEL and GC find it from the attachment alone) and
-/// exactly 15 characters, the kernel's limit.
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in container_id
-        .bytes()
-        .chain(std::iter::once(b'/'))
-        .chain(ifname.bytes())
-    {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("sl{:013x}", h >> 12)
-}
+pub use datapath_common::user::host_veth_name;
 
 #[cfg(test)]
 mod tests {

@@ -187,18 +187,20 @@ impl Datapath {
     }
 
     /// Re-attaches the current `sl_from_pod` to every endpoint's host veth, so pods created by
-    /// an older agent run the programs of this one. Returns (re-attached, missing veths).
+    /// an older agent run the programs of this one. Returns (re-attached, missing veths). An
+    /// ifindex can be reused by another interface after a pod is gone, so the interface must
+    /// also carry the name derived from the endpoint's attachment before anything is attached.
     pub fn reattach_endpoints(&self) -> anyhow::Result<(usize, usize)> {
         let eps = user::Endpoints::open(&self.bpffs)?;
         let (mut ok, mut missing) = (0, 0);
         for ep in eps.list()? {
+            let expected = user::host_veth_name(&ep.container_id, &ep.ifname);
             match nix::net::if_::if_indextoname(ep.value.ifindex) {
-                Ok(name) => {
-                    let name = name.to_string_lossy().into_owned();
-                    user::attach_pinned_tc(&self.bpffs, pins::PROG_FROM_POD, &name, true)?;
+                Ok(name) if name.to_string_lossy() == expected => {
+                    user::attach_pinned_tc(&self.bpffs, pins::PROG_FROM_POD, &expected, true)?;
                     ok += 1;
                 }
-                Err(_) => missing += 1,
+                _ => missing += 1,
             }
         }
         Ok((ok, missing))

@@ -65,6 +65,23 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
     })
 }
 
+/// The host-side veth name of an attachment: `sl` + 13 hex digits of a 64-bit FNV-1a hash of
+/// `container_id/ifname` — deterministic (DEL and GC find it from the attachment alone) and
+/// exactly 15 characters, the kernel's limit.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    use std::format;
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in container_id
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(ifname.bytes())
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("sl{:013x}", h >> 12)
+}
+
 /// One local endpoint as recorded in the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointRecord {
