@@ -20,8 +20,9 @@ struct Args {
     /// This node's name (the Node object whose podCIDR to use).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Standalone mode: read Kubernetes objects (YAML/JSON) from DIR and follow its changes,
-    /// instead of talking to an API server.
+    /// Standalone mode: read Kubernetes objects (YAML/JSON, several per file) from DIR and
+    /// follow its changes. Without it the agent uses only its flags (then --pod-cidr is
+    /// required; following a Kubernetes API server is not implemented yet).
     #[arg(long, value_name = "DIR")]
     manifests: Option<PathBuf>,
     /// Pod CIDR of this node (repeat for dual-stack). Default: the Node object's spec.podCIDRs.
