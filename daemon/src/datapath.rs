@@ -68,7 +68,7 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
 /// Whether `dir` is a mounted bpffs.
 pub fn is_bpffs(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 

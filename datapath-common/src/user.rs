@@ -188,7 +188,7 @@ impl Endpoints {
                 name: m.map(|m| text(&m.name)).unwrap_or_default(),
             });
         }
-        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out.sort_by_key(|e| e.addr);
         Ok(out)
     }
 }
@@ -240,7 +240,8 @@ pub fn read_metrics(bpffs: &Path) -> Result<Vec<(&'static str, u64, u64)>, PinEr
 pub struct AttachError {
     pub prog: String,
     pub ifname: String,
-    pub source: aya::programs::ProgramError,
+    /// Boxed: aya's error is large and this travels up through `Result`s.
+    pub source: std::boxed::Box<aya::programs::ProgramError>,
 }
 
 impl core::fmt::Display for AttachError {
@@ -251,7 +252,7 @@ impl core::fmt::Display for AttachError {
 
 impl std::error::Error for AttachError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        Some(&*self.source)
     }
 }
 
@@ -272,7 +273,7 @@ pub fn attach_pinned_tc(
     let err = |source: aya::programs::ProgramError| AttachError {
         prog: prog.into(),
         ifname: ifname.into(),
-        source,
+        source: std::boxed::Box::new(source),
     };
     let mut p = SchedClassifier::from_pin(prog_path(bpffs, prog)).map_err(err)?;
     if let Err(e) = aya::programs::tc::qdisc_add_clsact(ifname) {

@@ -80,8 +80,8 @@ fn main() -> anyhow::Result<()> {
         }
         (Reply::Endpoints(eps), Output::Table) => {
             println!(
-                "{:<32} {:<16} {:<16} {:>7}  {}",
-                "POD", "ADDRESS", "HOST VETH", "IFINDEX", "MAC"
+                "{:<32} {:<16} {:<16} {:>7}  MAC",
+                "POD", "ADDRESS", "HOST VETH", "IFINDEX"
             );
             for e in eps {
                 let pod = if e.pod.is_empty() {
