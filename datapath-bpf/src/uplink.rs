@@ -1,5 +1,5 @@
-//! Masquerade on the node's uplink: `sl_uplink_egress` (TC egress) gives pod traffic leaving
-//! for the outside the node's address and a port from the masquerade range; `sl_uplink_ingress`
+//! Masquerade on the node's uplink: `sl_up_egress` (TC egress) gives pod traffic leaving
+//! for the outside the node's address and a port from the masquerade range; `sl_up_ingress`
 //! (TC ingress) maps replies back to the pod, which the stack then routes to the pod's veth.
 //!
 //! Why in eBPF and not an iptables MASQUERADE rule: no netfilter rule on the path, and the
@@ -124,7 +124,7 @@ fn rewrite(
 }
 
 #[classifier]
-pub fn sl_uplink_egress(ctx: TcContext) -> i32 {
+pub fn sl_up_egress(ctx: TcContext) -> i32 {
     match try_egress(&ctx) {
         Ok(v) | Err(v) => v,
     }
@@ -224,7 +224,7 @@ fn claim_port(cfg: &config::NodeConfig, ip: &Ipv4Hdr, l4: &L4, node_ip: [u8; 4])
 }
 
 #[classifier]
-pub fn sl_uplink_ingress(ctx: TcContext) -> i32 {
+pub fn sl_up_ingress(ctx: TcContext) -> i32 {
     match try_ingress(&ctx) {
         Ok(v) | Err(v) => v,
     }

@@ -9,12 +9,14 @@ pub const MAPS_DIR: &str = "sluice/maps";
 /// Programs: `<bpffs>/sluice/progs/<program>`.
 pub const PROGS_DIR: &str = "sluice/progs";
 
+// Program names are kernel object names: at most 15 characters, or the kernel cuts them and
+// tc shows (and detaches by) a name that differs from the pin.
 /// TC ingress of a pod's host-side veth (packets from the pod).
 pub const PROG_FROM_POD: &str = "sl_from_pod";
 /// TC egress of the node's uplink (masquerade).
-pub const PROG_UPLINK_EGRESS: &str = "sl_uplink_egress";
+pub const PROG_UPLINK_EGRESS: &str = "sl_up_egress";
 /// TC ingress of the node's uplink (reverse masquerade).
-pub const PROG_UPLINK_INGRESS: &str = "sl_uplink_ingress";
+pub const PROG_UPLINK_INGRESS: &str = "sl_up_ingress";
 
 /// All programs the agent loads and pins.
 pub const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS];
@@ -24,3 +26,24 @@ pub const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_UPLINK_EGRESS, PROG_UPLINK_I
 /// away with the pod's veth).
 pub const TC_PRIORITY: u16 = 1;
 pub const TC_HANDLE: u16 = 1;
+
+#[cfg(test)]
+mod tests {
+    /// Test that every program name fits the kernel's 15-character object names.
+    #[test]
+    fn program_names_fit_kernel_limit() {
+        for p in super::PROGRAMS {
+            assert!(p.len() <= 15, "{p} is longer than 15 characters");
+        }
+        for m in [
+            crate::config::MAP_NAME,
+            crate::endpoint::MAP_NAME,
+            crate::endpoint::META_MAP_NAME,
+            crate::metrics::MAP_NAME,
+            crate::nat::MAP_NAME,
+            crate::nat::REV_MAP_NAME,
+        ] {
+            assert!(m.len() <= 15, "{m} is longer than 15 characters");
+        }
+    }
+}

@@ -258,6 +258,8 @@ impl Node {
     /// Starts the agent and waits until it has installed the CNI config and opened its socket.
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "agent already running");
+        // A killed agent leaves its socket behind; readiness is the new agent binding it.
+        let _ = std::fs::remove_file(self.state_dir().join("agent.sock"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -397,9 +397,6 @@ fn agent_uninstall_removes_pins_and_cni_files() {
 /// Test that `sluice-agent --uninstall` detaches the datapath from the uplink: no TC filter
 /// is left on up0, ingress or egress.
 #[test]
-#[ignore = "bug: --uninstall leaves sl_uplink_* on up0: daemon/src/datapath.rs uninstall() \
-            detaches by the full program name, the kernel keeps 15 characters \
-            (sl_uplink_ingre), aya answers NotFound and uninstall ignores it"]
 fn agent_uninstall_detaches_uplink_filters() {
     let node = uninstalled_node();
     let left: Vec<String> = ["ingress", "egress"]
