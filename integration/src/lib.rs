@@ -11,6 +11,7 @@
 //! Nothing touches the machine's own interfaces or cgroups; traffic stays inside these
 //! namespaces. Addresses are documentation ranges.
 
+pub mod bench;
 pub mod netns;
 pub mod node;
 

@@ -1,0 +1,75 @@
+//! The benchmark harness behind `bench/run`: Sluice measured against its baselines in one run,
+//! on the same kernel, with the same load generator and flags.
+//!
+//! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator.
+
+pub mod hist;
+pub mod load;
+
+use std::fmt;
+
+/// An error saying what was being done, with its cause. The integration crate carries no
+/// `anyhow` (its dependencies are the fixture's); this is the small part of it the harness needs.
+#[derive(Debug)]
+pub struct Error {
+    context: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn msg(context: impl Into<String>) -> Self {
+        Self {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The context and every cause, `a: b: c`, for the one line a binary prints.
+    pub fn chain(&self) -> String {
+        let mut s = self.context.clone();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cause = c.source();
+        }
+        s
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.context)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+pub trait Context<T> {
+    fn context(self, what: impl Into<String>) -> Result<T>;
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error {
+            context: what.into(),
+            source: Some(Box::new(e)),
+        })
+    }
+
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error {
+            context: what(),
+            source: Some(Box::new(e)),
+        })
+    }
+}

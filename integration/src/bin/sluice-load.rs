@@ -1,0 +1,110 @@
+//! `sluice-load`: the benchmark's load generator (logic in `integration::bench::load`).
+//!
+//! ```text
+//! sluice-load server --listen IP:PORT [--workers 4] [--max-seconds 600]
+//! sluice-load rr|crr --to IP:PORT [--size 1] [--seconds 5] [--warmup 0.5] [--timeout-ms 2000]
+//! ```
+//! The server prints `ready`, echoes until its stdin closes, then prints its report; a client
+//! runs for a fixed time and prints its report (JSON, with its own getrusage) on stdout.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use integration::bench::{
+    load::{self, ClientOpts, Mode, ServerOpts},
+    Context as _, Error, Result,
+};
+
+const USAGE: &str = "usage: sluice-load server --listen IP:PORT [--workers N] [--max-seconds S]
+       sluice-load rr|crr --to IP:PORT [--size BYTES] [--seconds S] [--warmup S] [--timeout-ms MS]";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-load: {}\n{USAGE}", e.chain());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--flag value` pairs after the mode.
+struct Flags(Vec<(String, String)>);
+
+impl Flags {
+    fn parse(args: &[String], known: &[&str]) -> Result<Self> {
+        let mut v = Vec::new();
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            if !known.contains(&k.as_str()) {
+                return Err(Error::msg(format!("unknown argument {k:?}")));
+            }
+            let val = it
+                .next()
+                .ok_or_else(|| Error::msg(format!("{k} needs a value")))?;
+            v.push((k.clone(), val.clone()));
+        }
+        Ok(Self(v))
+    }
+
+    fn get<T: std::str::FromStr>(&self, k: &str, default: Option<T>) -> Result<T> {
+        match self.0.iter().rev().find(|(key, _)| key == k) {
+            Some((_, v)) => v
+                .parse()
+                .map_err(|_| Error::msg(format!("bad value for {k}: {v:?}"))),
+            None => default.ok_or_else(|| Error::msg(format!("{k} is required"))),
+        }
+    }
+
+    /// A number of seconds in `0..=max`.
+    fn seconds(&self, k: &str, default: f64, max: f64) -> Result<Duration> {
+        let s: f64 = self.get(k, Some(default))?;
+        if !(0.0..=max).contains(&s) {
+            return Err(Error::msg(format!("{k} must be within 0..={max}")));
+        }
+        Ok(Duration::from_secs_f64(s))
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let (mode, rest) = args
+        .split_first()
+        .ok_or_else(|| Error::msg("no mode given"))?;
+    let json = match mode.as_str() {
+        "server" => {
+            let f = Flags::parse(rest, &["--listen", "--workers", "--max-seconds"])?;
+            let o = ServerOpts {
+                listen: f.get::<SocketAddr>("--listen", None)?,
+                workers: f.get("--workers", Some(4usize))?.clamp(1, 64),
+                max_lifetime: f.seconds("--max-seconds", 600.0, 3600.0)?,
+            };
+            let r = load::serve(&o).with_context(|| format!("serve on {}", o.listen))?;
+            serde_json::to_string(&r)
+        }
+        "rr" | "crr" => {
+            let f = Flags::parse(
+                rest,
+                &["--to", "--size", "--seconds", "--warmup", "--timeout-ms"],
+            )?;
+            let size: usize = f.get("--size", Some(1))?;
+            if !(1..=load::MAX_SIZE).contains(&size) {
+                return Err(Error::msg(format!(
+                    "--size must be within 1..={}",
+                    load::MAX_SIZE
+                )));
+            }
+            let o = ClientOpts {
+                mode: if mode == "rr" { Mode::Rr } else { Mode::Crr },
+                to: f.get("--to", None)?,
+                size,
+                duration: f.seconds("--seconds", 5.0, 600.0)?,
+                warmup: f.seconds("--warmup", 0.5, 60.0)?,
+                timeout: Duration::from_millis(f.get::<u64>("--timeout-ms", Some(2000))?.max(1)),
+            };
+            let r = load::run_client(&o).with_context(|| format!("{mode} to {}", o.to))?;
+            serde_json::to_string(&r)
+        }
+        other => return Err(Error::msg(format!("unknown mode {other:?}"))),
+    };
+    println!("{}", json.context("encode the report")?);
+    Ok(())
+}
