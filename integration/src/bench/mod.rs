@@ -1,10 +1,23 @@
 //! The benchmark harness behind `bench/run`: Sluice measured against its baselines in one run,
-//! on the same kernel, with the same load generator and flags.
+//! on the same kernel, with the same load generator and flags. `veth` is the limit (a bare
+//! veth pair between two namespaces), `bridge` is the reference CNI (containernetworking's
+//! `bridge` + `host-local`, with the iptables rules a kubeadm node carries). Every topology is
+//! built in network namespaces this process makes and releases (../shared/notes/testing.md).
 //!
-//! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator.
+//! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator, [`topo`] the
+//! three systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
+//! timing, [`run`] rounds and rotation, [`report`] the table and JSON, [`svg`] the picture,
+//! [`machine`] what it ran on.
 
+pub mod cni;
 pub mod hist;
 pub mod load;
+pub mod machine;
+pub mod measure;
+pub mod report;
+pub mod run;
+pub mod svg;
+pub mod topo;
 
 use std::fmt;
 
@@ -71,5 +84,22 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E
             context: what(),
             source: Some(Box::new(e)),
         })
+    }
+}
+
+/// Set by SIGINT, SIGTERM or SIGHUP: the run stops at the next measurement boundary and
+/// releases everything it made.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Fails with "interrupted" once a stop signal arrived.
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        Err(Error::msg("interrupted"))
+    } else {
+        Ok(())
     }
 }

@@ -1,0 +1,326 @@
+//! The figures a run collected, and their three renderings: the table on the terminal, the
+//! JSON records (`bench/results/latest.json`) and a Markdown table for bench/README.md. Every
+//! figure is the median of its runs, with min and max; ratios are Sluice's median over the
+//! baseline's.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::hist::Histogram;
+
+/// Systems in the order of the table's columns; the ratio columns are Sluice over the others.
+pub const SYSTEMS: [&str; 3] = ["sluice", "veth", "bridge"];
+pub const BASELINES: [&str; 2] = ["veth", "bridge"];
+
+/// One figure of one scenario, with every run's value per system.
+pub struct Record {
+    pub scenario: String,
+    pub metric: String,
+    pub unit: String,
+    pub higher_is_better: bool,
+    pub runs: BTreeMap<String, Vec<f64>>,
+}
+
+#[derive(Serialize)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Every run's value, in the order measured.
+    pub runs: Vec<f64>,
+}
+
+impl Summary {
+    fn of(runs: &[f64]) -> Self {
+        let mut v = runs.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            runs: runs.to_vec(),
+        }
+    }
+}
+
+/// A latency distribution of one scenario, per system, merged over all rounds.
+pub struct Dist {
+    pub scenario: String,
+    pub title: String,
+    pub systems: BTreeMap<String, Histogram>,
+}
+
+#[derive(Default)]
+pub struct Results {
+    records: Vec<Record>,
+    pub dists: Vec<Dist>,
+}
+
+impl Results {
+    pub fn add(
+        &mut self,
+        scenario: &str,
+        metric: &str,
+        unit: &str,
+        higher_is_better: bool,
+        system: &str,
+        value: f64,
+    ) {
+        let i = match self
+            .records
+            .iter()
+            .position(|r| r.scenario == scenario && r.metric == metric)
+        {
+            Some(i) => i,
+            None => {
+                self.records.push(Record {
+                    scenario: scenario.into(),
+                    metric: metric.into(),
+                    unit: unit.into(),
+                    higher_is_better,
+                    runs: BTreeMap::new(),
+                });
+                self.records.len() - 1
+            }
+        };
+        self.records[i]
+            .runs
+            .entry(system.into())
+            .or_default()
+            .push(value);
+    }
+
+    pub fn add_dist(&mut self, scenario: &str, title: &str, system: &str, h: &Histogram) {
+        let i = match self.dists.iter().position(|d| d.scenario == scenario) {
+            Some(i) => i,
+            None => {
+                self.dists.push(Dist {
+                    scenario: scenario.into(),
+                    title: title.into(),
+                    systems: BTreeMap::new(),
+                });
+                self.dists.len() - 1
+            }
+        };
+        self.dists[i]
+            .systems
+            .entry(system.into())
+            .or_default()
+            .merge(h);
+    }
+
+    fn median(&self, scenario: &str, metric: &str, system: &str) -> Option<f64> {
+        self.records
+            .iter()
+            .find(|r| r.scenario == scenario && r.metric == metric)
+            .and_then(|r| r.runs.get(system))
+            .map(|runs| Summary::of(runs).median)
+    }
+
+    fn ratio(&self, scenario: &str, metric: &str, baseline: &str) -> Option<f64> {
+        let s = self.median(scenario, metric, "sluice")?;
+        let b = self.median(scenario, metric, baseline)?;
+        (b != 0.0).then(|| s / b)
+    }
+
+    /// The records as `bench/results/latest.json` holds them: a list.
+    pub fn json(&self) -> Value {
+        Value::Array(
+            self.records
+                .iter()
+                .map(|r| {
+                    let systems: serde_json::Map<String, Value> = r
+                        .runs
+                        .iter()
+                        .map(|(s, runs)| (s.clone(), json!(Summary::of(runs))))
+                        .collect();
+                    json!({
+                        "scenario": r.scenario,
+                        "metric": r.metric,
+                        "unit": r.unit,
+                        "higher_is_better": r.higher_is_better,
+                        "systems": systems,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// One row of cells per record: scenario, metric (unit), a cell per system, the ratios.
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.records
+            .iter()
+            .map(|r| {
+                let mut row = vec![
+                    r.scenario.clone(),
+                    format!(
+                        "{} ({}, {})",
+                        r.metric,
+                        r.unit,
+                        if r.higher_is_better { "↑" } else { "↓" }
+                    ),
+                ];
+                for s in SYSTEMS {
+                    row.push(match r.runs.get(s) {
+                        Some(runs) => {
+                            let m = Summary::of(runs);
+                            format!("{} ({}–{})", num(m.median), num(m.min), num(m.max))
+                        }
+                        None => "—".into(),
+                    });
+                }
+                for b in BASELINES {
+                    row.push(match self.ratio(&r.scenario, &r.metric, b) {
+                        Some(x) => format!("{x:.2}×"),
+                        None => "—".into(),
+                    });
+                }
+                row
+            })
+            .collect()
+    }
+
+    fn header() -> Vec<String> {
+        let mut h = vec!["scenario".to_string(), "metric".to_string()];
+        h.extend(SYSTEMS.iter().map(|s| format!("{s} median (min–max)")));
+        h.extend(BASELINES.iter().map(|b| format!("sluice/{b}")));
+        h
+    }
+
+    /// The table for the terminal, columns aligned.
+    pub fn table(&self) -> String {
+        let mut rows = vec![Self::header()];
+        rows.extend(self.rows());
+        let cols = rows[0].len();
+        let width: Vec<usize> = (0..cols)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for (i, r) in rows.iter().enumerate() {
+            for (c, cell) in r.iter().enumerate() {
+                let pad = width[c] - cell.chars().count();
+                if c < 2 {
+                    out.push_str(&format!("{cell}{}  ", " ".repeat(pad)));
+                } else {
+                    out.push_str(&format!("{}{cell}  ", " ".repeat(pad)));
+                }
+            }
+            out = out.trim_end().to_string();
+            out.push('\n');
+            if i == 0 {
+                let total: usize = width.iter().sum::<usize>() + 2 * (cols - 1);
+                out.push_str(&"-".repeat(total));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The same table in Markdown.
+    pub fn markdown(&self) -> String {
+        let mut rows = vec![Self::header()];
+        rows.extend(self.rows());
+        let mut out = String::new();
+        for (i, r) in rows.iter().enumerate() {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+            if i == 0 {
+                let align: Vec<&str> = (0..r.len())
+                    .map(|c| if c < 2 { "---" } else { "---:" })
+                    .collect();
+                out.push_str(&format!("| {} |\n", align.join(" | ")));
+            }
+        }
+        out
+    }
+
+    /// The targets, each with whether this run met it (reported, never asserted).
+    pub fn targets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        for (scenario, metric) in [
+            ("pod-pod-rr-1b", "rate"),
+            ("pod-pod-rr-1k", "rate"),
+            ("pod-pod-stream", "throughput"),
+        ] {
+            for (b, want) in [("veth", 0.95), ("bridge", 1.1)] {
+                if let Some(x) = self.ratio(scenario, metric, b) {
+                    out.push(format!(
+                        "{scenario} {metric}: sluice/{b} = {x:.2} (target ≥ {want}) {}",
+                        verdict(x >= want)
+                    ));
+                }
+            }
+        }
+        if let Some(p99) = self.median("cni-add", "p99", "sluice") {
+            out.push(format!(
+                "cni-add p99: sluice {} ms (target ≤ 50 ms) {}",
+                num(p99),
+                verdict(p99 <= 50.0)
+            ));
+        }
+        if let Some(r) = self
+            .records
+            .iter()
+            .find(|r| r.scenario == "cni-add-parallel-100" && r.metric == "failures")
+        {
+            if let Some(runs) = r.runs.get("sluice") {
+                let total: f64 = runs.iter().sum();
+                out.push(format!(
+                    "cni-add-parallel-100: sluice failures {total} over {} rounds (target 0) {}",
+                    runs.len(),
+                    verdict(total == 0.0)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A figure with as many digits as it deserves.
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test that a record summarises to median, min and max per system, and the JSON has the
+    /// issue's shape.
+    #[test]
+    fn records_summarise_to_median_min_max() {
+        let mut r = Results::default();
+        for v in [3.0, 1.0, 2.0, 10.0] {
+            r.add("pod-pod-rr-1b", "rate", "req/s", true, "sluice", v);
+        }
+        for v in [4.0, 2.0, 3.0] {
+            r.add("pod-pod-rr-1b", "rate", "req/s", true, "veth", v);
+        }
+        let j = r.json();
+        let rec = &j[0];
+        assert_eq!(rec["scenario"], "pod-pod-rr-1b");
+        assert_eq!(rec["higher_is_better"], true);
+        assert_eq!(rec["systems"]["sluice"]["median"], 2.5);
+        assert_eq!(rec["systems"]["sluice"]["min"], 1.0);
+        assert_eq!(rec["systems"]["sluice"]["max"], 10.0);
+        assert_eq!(rec["systems"]["veth"]["median"], 3.0);
+        assert!(r.table().contains("0.83×"), "{}", r.table());
+    }
+}
