@@ -154,18 +154,13 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     let node_ip = cfg.node_ip4;
     let orig = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
 
-    let nat_port = match unsafe { SNAT.get(&orig) } {
-        Some(b) => {
-            let port = b.port;
-            // The reply entry may have been evicted alone (LRU): put it back.
-            let reply = nat::Tuple::v4(ip.proto, ip.daddr, node_ip, l4.dport, port);
-            if unsafe { REV_SNAT.get(&reply) }.is_none() {
-                let back = binding(ip.saddr, l4.sport);
-                let _ = REV_SNAT.insert(&reply, &back, BPF_ANY as u64);
-            }
-            port
-        }
-        None => {
+    let back = binding(ip.saddr, l4.sport);
+    let known = unsafe { SNAT.get(&orig) }.map(|b| b.port);
+    let nat_port = match known {
+        Some(port) if owns_port(&ip, &l4, node_ip, port, &back) => port,
+        _ => {
+            // A new flow, or one whose port was taken over after its reply entry was evicted
+            // (the two LRU maps age out independently): claim a fresh port.
             let port = claim_port(cfg, &ip, &l4, node_ip)
                 .ok_or_else(|| drop(ctx, metrics::DROP_NAT_NO_PORT))?;
             let fwd = binding(node_ip, port);
@@ -189,6 +184,18 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     .map_err(|_| drop(ctx, metrics::DROP_REWRITE_FAILED))?;
     count(metrics::FWD_SNAT, ctx.len());
     Ok(TC_ACT_UNSPEC)
+}
+
+/// Whether the flow still owns `port` towards its destination: its reply entry is there and
+/// points back at it, or is missing and can be put back (`BPF_NOEXIST`, so a port another CPU
+/// just claimed is never taken over).
+#[inline(always)]
+fn owns_port(ip: &Ipv4Hdr, l4: &L4, node_ip: [u8; 4], port: u16, back: &nat::Binding) -> bool {
+    let reply = nat::Tuple::v4(ip.proto, ip.daddr, node_ip, l4.dport, port);
+    match unsafe { REV_SNAT.get(&reply) } {
+        Some(owner) => owner.addr == back.addr && owner.port == back.port,
+        None => REV_SNAT.insert(&reply, back, BPF_NOEXIST as u64).is_ok(),
+    }
 }
 
 #[inline(always)]
