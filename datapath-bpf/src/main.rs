@@ -4,7 +4,7 @@
 //! namespace, and traffic leaving for the outside is masqueraded here.
 //!
 //! One module per hook: [`lxc`] (packets from a pod), [`uplink`] (masquerade on the node's
-//! uplink). Shared helpers (bounds-checked header access, counters) live in [`skb`], the maps
+//! uplink), [`sock`] (same-node TCP short-circuited from socket to socket). Shared helpers (bounds-checked header access, counters) live in [`skb`], the maps
 //! in [`maps`].
 #![no_std]
 #![no_main]
@@ -12,6 +12,7 @@
 mod lxc;
 mod maps;
 mod skb;
+mod sock;
 mod uplink;
 
 #[cfg(not(test))]

@@ -5,9 +5,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, sock};
 
 #[map(name = "SL_CFG_V1")]
 pub static CONFIG: Array<config::NodeConfig> = Array::pinned(config::MAX_ENTRIES, 0);
@@ -28,3 +28,9 @@ pub static SNAT: LruHashMap<nat::Tuple, nat::Binding> = LruHashMap::pinned(nat::
 
 #[map(name = "SL_RSNAT_V1")]
 pub static REV_SNAT: LruHashMap<nat::Tuple, nat::Binding> = LruHashMap::pinned(nat::MAX_ENTRIES, 0);
+
+#[map(name = "SL_SOCK_V1")]
+pub static SOCKHASH: SockHash<sock::SockKey> = SockHash::pinned(sock::MAX_ENTRIES, 0);
+
+#[map(name = "SL_PODNS_V1")]
+pub static POD_NAMESPACES: HashMap<u64, u32> = HashMap::pinned(sock::PODNS_MAX_ENTRIES, 0);

@@ -29,7 +29,10 @@ const _: () = assert!(core::mem::size_of::<Value>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {
-    pub container_id: [u8; 128],
+    /// Cookie of the pod's network namespace (`SO_NETNS_COOKIE`), the key of its
+    /// `SL_PODNS_V1` entry.
+    pub netns_cookie: u64,
+    pub container_id: [u8; 120],
     pub ifname: [u8; 16],
     pub namespace: [u8; 64],
     /// Pod names may be 253 bytes long.

@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod metrics;
 pub mod nat;
 pub mod pins;
+pub mod sock;
 #[cfg(feature = "user")]
 pub mod user;
 
@@ -32,4 +33,5 @@ user_pod!(
     metrics::Counter,
     nat::Tuple,
     nat::Binding,
+    sock::SockKey,
 );

@@ -38,6 +38,11 @@ pub const FWD_SNAT: u32 = 34;
 /// Reply un-NATed and delivered to the pod.
 pub const FWD_REV_SNAT: u32 = 35;
 
+/// A same-node TCP socket was put in the sockhash (accelerated).
+pub const SOCK_ACCELERATED: u32 = 36;
+/// Messages and bytes handed from socket to socket by sk_msg.
+pub const SOCK_REDIRECTED: u32 = 37;
+
 /// Human names of the reasons, for the CLI: (index, name).
 pub const NAMES: &[(u32, &str)] = &[
     (DROP_INVALID, "drop:invalid-packet"),
@@ -51,4 +56,6 @@ pub const NAMES: &[(u32, &str)] = &[
     (FWD_STACK, "fwd:stack"),
     (FWD_SNAT, "fwd:snat"),
     (FWD_REV_SNAT, "fwd:rev-snat"),
+    (SOCK_ACCELERATED, "sock:accelerated"),
+    (SOCK_REDIRECTED, "sock:redirected"),
 ];

@@ -18,8 +18,15 @@ pub const PROG_UPLINK_EGRESS: &str = "sl_up_egress";
 /// TC ingress of the node's uplink (reverse masquerade).
 pub const PROG_UPLINK_INGRESS: &str = "sl_up_ingress";
 
-/// All programs the agent loads and pins.
+/// All TC programs the agent loads and pins.
 pub const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS];
+/// sockops on the agent's cgroup: records same-node TCP sockets in the sockhash.
+pub const PROG_SOCKOPS: &str = "sl_sockops";
+/// sk_msg on the sockhash: hands each send to the peer socket.
+pub const PROG_SK_MSG: &str = "sl_sk_msg";
+/// Links: `<bpffs>/sluice/links/<name>` (a cgroup link dies with its last fd unless pinned).
+pub const LINKS_DIR: &str = "sluice/links";
+pub const LINK_SOCKOPS: &str = "sockops";
 
 /// cls_bpf priority and handle of Sluice's filters (netlink attachment: the filter lives as long
 /// as the interface, with no process or pin holding it, so it survives agent restarts and goes
@@ -32,7 +39,10 @@ mod tests {
     /// Test that every program name fits the kernel's 15-character object names.
     #[test]
     fn program_names_fit_kernel_limit() {
-        for p in super::PROGRAMS {
+        for p in super::PROGRAMS
+            .iter()
+            .chain(&[super::PROG_SOCKOPS, super::PROG_SK_MSG])
+        {
             assert!(p.len() <= 15, "{p} is longer than 15 characters");
         }
         for m in [
@@ -42,6 +52,8 @@ mod tests {
             crate::metrics::MAP_NAME,
             crate::nat::MAP_NAME,
             crate::nat::REV_MAP_NAME,
+            crate::sock::MAP_NAME,
+            crate::sock::PODNS_MAP_NAME,
         ] {
             assert!(m.len() <= 15, "{m} is longer than 15 characters");
         }

@@ -91,6 +91,7 @@ pub struct EndpointRecord {
     pub ifname: String,
     pub namespace: String,
     pub name: String,
+    pub netns_cookie: u64,
 }
 
 /// The endpoint maps (`SL_EP_V1` + `SL_EPMETA_V1`).
@@ -173,6 +174,10 @@ impl Endpoints {
         self.eps.get(&ip_key(addr), 0).ok()
     }
 
+    pub fn get_meta(&self, addr: std::net::IpAddr) -> Option<endpoint::Meta> {
+        self.meta.get(&ip_key(addr), 0).ok()
+    }
+
     /// Every endpoint, with its metadata where present.
     pub fn list(&self) -> Result<Vec<EndpointRecord>, PinError> {
         let mut out = Vec::new();
@@ -186,6 +191,7 @@ impl Endpoints {
                 ifname: m.map(|m| text(&m.ifname)).unwrap_or_default(),
                 namespace: m.map(|m| text(&m.namespace)).unwrap_or_default(),
                 name: m.map(|m| text(&m.name)).unwrap_or_default(),
+                netns_cookie: m.map(|m| m.netns_cookie).unwrap_or_default(),
             });
         }
         out.sort_by_key(|e| e.addr);
@@ -203,13 +209,92 @@ pub fn endpoint_meta(
     ifname: &str,
     namespace: &str,
     name: &str,
+    netns_cookie: u64,
 ) -> endpoint::Meta {
     endpoint::Meta {
+        netns_cookie,
         container_id: crate::addr::fixed_bytes(container_id.as_bytes()),
         ifname: crate::addr::fixed_bytes(ifname.as_bytes()),
         namespace: crate::addr::fixed_bytes(namespace.as_bytes()),
         name: crate::addr::fixed_bytes(name.as_bytes()),
     }
+}
+
+/// The pod network namespaces map (`SL_PODNS_V1`): netns cookie → `NS_FLAG_*`.
+pub struct PodNamespaces {
+    map: HashMap<MapData, u64, u32>,
+    path: PathBuf,
+}
+
+impl PodNamespaces {
+    pub fn open(bpffs: &Path) -> Result<Self, PinError> {
+        Ok(Self {
+            map: open_hash(bpffs, crate::sock::PODNS_MAP_NAME)?,
+            path: map_path(bpffs, crate::sock::PODNS_MAP_NAME),
+        })
+    }
+
+    pub fn set(&mut self, cookie: u64, flags: u32) -> Result<(), PinError> {
+        self.map
+            .insert(cookie, flags, 0)
+            .map_err(|source| PinError {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<u32> {
+        self.map.get(&cookie, 0).ok()
+    }
+
+    /// Removes an entry; a missing one is not an error.
+    pub fn remove(&mut self, cookie: u64) -> Result<(), PinError> {
+        match self.map.remove(&cookie) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc_enoent()) => {
+                Ok(())
+            }
+            Err(source) => Err(PinError {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux ≥ 5.14).
+pub fn current_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    const SO_NETNS_COOKIE: i32 = 71;
+    const SOL_SOCKET: i32 = 1;
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let mut cookie: u64 = 0;
+    let mut len = core::mem::size_of::<u64>() as u32;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        getsockopt(
+            sock.as_raw_fd(),
+            SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+unsafe extern "C" {
+    fn getsockopt(
+        fd: i32,
+        level: i32,
+        name: i32,
+        val: *mut core::ffi::c_void,
+        len: *mut u32,
+    ) -> i32;
 }
 
 /// Sums the per-CPU counters: `(reason name, packets, bytes)` for every non-zero counter.

@@ -1,0 +1,86 @@
+//! Socket acceleration: `sl_sockops` (on the agent's cgroup) puts every established TCP socket
+//! whose two ends are on this node — pod to pod, or loopback inside a pod — into the sockhash;
+//! `sl_sk_msg` (attached to the sockhash) then hands each send straight to the peer socket's
+//! receive queue, skipping TCP/IP, qdiscs, veths and the TC programs on the way.
+//!
+//! Only sockets of namespaces Sluice created (registered in `SL_PODNS_V1` by the CNI plugin)
+//! are accelerated, so host processes and other nodes' peers keep the normal path, and a pod
+//! can opt out (`NS_FLAG_NO_SOCKMAP`). A socket leaves the sockhash when it closes (the kernel
+//! unlinks it), so a later socket reusing the ports starts from a clean entry.
+
+use aya_ebpf::{
+    bindings::{
+        sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+    },
+    helpers::generated::bpf_get_netns_cookie,
+    macros::{sk_msg, sock_ops},
+    programs::{SkMsgContext, SockOpsContext},
+};
+use datapath_common::{addr::IpKey, metrics, sock};
+
+use crate::{
+    maps::{ENDPOINTS, POD_NAMESPACES, SOCKHASH},
+    skb::count,
+};
+
+const AF_INET: u32 = 2;
+
+/// Whether both ends are on this node: two local pods, or loopback.
+#[inline(always)]
+fn same_node(local: [u8; 4], remote: [u8; 4]) -> bool {
+    if sock::is_loopback4(local) && sock::is_loopback4(remote) {
+        return true;
+    }
+    unsafe {
+        ENDPOINTS.get(IpKey::v4(local)).is_some() && ENDPOINTS.get(IpKey::v4(remote)).is_some()
+    }
+}
+
+#[sock_ops]
+pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        return 0;
+    }
+    if ctx.family() != AF_INET {
+        return 0;
+    }
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    match unsafe { POD_NAMESPACES.get(cookie) } {
+        Some(flags) if flags & sock::NS_FLAG_NO_SOCKMAP == 0 => {}
+        _ => return 0,
+    }
+    let local = ctx.local_ip4().to_ne_bytes();
+    let remote = ctx.remote_ip4().to_ne_bytes();
+    if !same_node(local, remote) {
+        return 0;
+    }
+    let (lport, rport) = sock::ports_from_ctx(ctx.local_port(), ctx.remote_port());
+    let key = sock::SockKey::of_socket(local, lport, remote, rport, cookie);
+    let ops = unsafe { &mut *ctx.ops };
+    if SOCKHASH.update(key, ops, BPF_ANY as u64).is_ok() {
+        count(metrics::SOCK_ACCELERATED, 1);
+    }
+    0
+}
+
+#[sk_msg]
+pub fn sl_sk_msg(ctx: SkMsgContext) -> u32 {
+    let md = unsafe { &*ctx.msg };
+    if md.family != AF_INET {
+        return SK_PASS;
+    }
+    let local = md.local_ip4.to_ne_bytes();
+    let remote = md.remote_ip4.to_ne_bytes();
+    let (lport, rport) = sock::ports_from_ctx(md.local_port, md.remote_port);
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.msg.cast()) };
+    let size = md.size;
+    let key = sock::SockKey::peer_of_socket(local, lport, remote, rport, cookie);
+    // The helper answers SK_DROP when the peer is not in the map (e.g. it opted out): then the
+    // message simply takes the normal path.
+    if SOCKHASH.redirect_msg(&ctx, key, BPF_F_INGRESS as u64) == SK_PASS as i64 {
+        count(metrics::SOCK_REDIRECTED, size);
+    }
+    SK_PASS
+}
