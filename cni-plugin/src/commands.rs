@@ -91,12 +91,19 @@ struct Undo<'a> {
     ifname: &'a str,
     host_veth: Option<String>,
     endpoints: Vec<IpAddr>,
+    netns_cookie: Option<u64>,
 }
 
 impl Undo<'_> {
     fn run(self, eps: &mut user::Endpoints) {
         for ip in &self.endpoints {
             let _ = eps.remove(*ip);
+        }
+        if let (Some(c), Ok(mut ns)) = (
+            self.netns_cookie,
+            user::PodNamespaces::open(&self.conf.bpffs),
+        ) {
+            let _ = ns.remove(c);
         }
         if let Some(name) = &self.host_veth {
             if let Ok(nl) = Netlink::new() {
@@ -106,7 +113,6 @@ impl Undo<'_> {
             }
         }
         let _ = self.store.release(self.cid, self.ifname);
-        let _ = self.conf;
     }
 }
 
@@ -162,6 +168,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
         ifname,
         host_veth: None,
         endpoints: Vec::new(),
+        netns_cookie: None,
     };
     match wire(env, conf, &netns, gateway, &allocs, &mut eps, &mut undo) {
         Ok(r) => Ok(r),
@@ -228,8 +235,13 @@ fn wire(
             .map_err(nl_err)?;
         nl.add_permanent_neighbour(l.index, IpAddr::V4(gateway), host_mac)
             .map_err(nl_err)?;
-        Ok(l)
+        let cookie = user::current_netns_cookie().map_err(|source| CniError::Netns {
+            path: PathBuf::from("(read SO_NETNS_COOKIE)"),
+            source,
+        })?;
+        Ok((l, cookie))
     })?;
+    let (pod_link, netns_cookie) = pod_link;
 
     // Host side: route to the pod, datapath program, endpoint record.
     for ip in &pod_ips {
@@ -251,7 +263,15 @@ fn wire(
         ifname,
         env.args.k8s_pod_namespace.as_deref().unwrap_or_default(),
         env.args.k8s_pod_name.as_deref().unwrap_or_default(),
+        netns_cookie,
     );
+    // Register the pod's namespace for socket acceleration (the agent may turn it off per pod).
+    let mut podns =
+        user::PodNamespaces::open(&conf.bpffs).map_err(|e| dp_err("open pod namespaces", e))?;
+    podns
+        .set(netns_cookie, 0)
+        .map_err(|e| dp_err("register pod namespace", e))?;
+    undo.netns_cookie = Some(netns_cookie);
     for ip in &pod_ips {
         undo.endpoints.push(*ip);
         eps.insert(*ip, &value, &meta)
@@ -313,6 +333,16 @@ fn teardown(conf: &NetConf, cid: &str, ifname: &str, errors: &mut Vec<CniError>)
         match user::Endpoints::open(&conf.bpffs) {
             Ok(mut eps) => {
                 for ip in &addrs {
+                    let cookie = eps
+                        .get_meta(*ip)
+                        .map(|m| m.netns_cookie)
+                        .filter(|c| *c != 0);
+                    if let (Some(c), Ok(mut ns)) = (cookie, user::PodNamespaces::open(&conf.bpffs))
+                    {
+                        if let Err(e) = ns.remove(c) {
+                            errors.push(dp_err("remove pod namespace", e));
+                        }
+                    }
                     if let Err(e) = eps.remove(*ip) {
                         errors.push(dp_err("remove endpoint", e));
                     }
