@@ -31,6 +31,8 @@ pub struct Settings {
     pub cni_plugin: PathBuf,
     pub masquerade: bool,
     pub mtu: Option<u32>,
+    /// Accelerate same-node TCP with sockops + sk_msg on `cgroup_root`.
+    pub sockmap: bool,
 }
 
 struct Shared {
@@ -181,7 +183,12 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     if mounted {
         tracing::info!(bpffs = %s.bpffs.display(), "mounted a bpffs");
     }
-    let dp = datapath::Datapath::load(&s.bpffs)?;
+    let sockops_cgroup = match (s.sockmap, &s.cgroup_root) {
+        (true, Some(c)) => Some(c.as_path()),
+        (true, None) => bail!("socket acceleration needs a cgroup v2 directory: pass --cgroup-root or --sockmap=false"),
+        (false, _) => None,
+    };
+    let dp = datapath::Datapath::load(&s.bpffs, sockops_cgroup)?;
     let mut cfg = config::NodeConfig::zeroed();
     cfg.pod_cidr4 = pod4.network().octets();
     cfg.pod_prefix4 = pod4.prefix();
@@ -237,10 +244,20 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = tick.tick() => {
+                // Pods appear through CNI ADD, which does not tell the agent: look often.
+                let sh = shared.clone();
+                let res = tokio::task::spawn_blocking(move || reconcile_pod_flags(&sh)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::warn!(error = %format!("{e:#}"), "reconcile pod flags");
+                }
+            }
             changed = async {
                 match updates.as_mut() {
                     Some(rx) => rx.changed().await.map(|_| rx.borrow().clone()),
@@ -260,6 +277,47 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     server.abort();
     let _ = std::fs::remove_file(api::socket_path(&s.state_dir));
     tracing::info!("agent stopping; the datapath keeps forwarding");
+    Ok(())
+}
+
+/// How often pod flags are reconciled with the cluster state (annotations take effect within it).
+const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+
+/// Pod annotation that turns socket acceleration off for one pod.
+pub const SOCKMAP_ANNOTATION: &str = "sluice.dev/sockmap";
+
+/// The `SL_PODNS_V1` flags a pod should have, from its annotations.
+pub fn desired_pod_flags(pod: Option<&k8s_openapi::api::core::v1::Pod>) -> u32 {
+    let off = pod
+        .and_then(|p| p.metadata.annotations.as_ref())
+        .and_then(|a| a.get(SOCKMAP_ANNOTATION))
+        .is_some_and(|v| v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("false"));
+    if off {
+        datapath_common::sock::NS_FLAG_NO_SOCKMAP
+    } else {
+        0
+    }
+}
+
+/// Brings every local pod's namespace flags in line with its annotations.
+fn reconcile_pod_flags(shared: &Shared) -> anyhow::Result<()> {
+    let bpffs = &shared.settings.bpffs;
+    let eps = user::Endpoints::open(bpffs)?.list()?;
+    let mut ns = user::PodNamespaces::open(bpffs)?;
+    let cluster = shared
+        .cluster
+        .read()
+        .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+        .clone();
+    for e in eps.iter().filter(|e| e.netns_cookie != 0) {
+        let want = desired_pod_flags(cluster.pod(&e.namespace, &e.name));
+        if let Some(have) = ns.get(e.netns_cookie) {
+            if have != want {
+                ns.set(e.netns_cookie, want)?;
+                tracing::info!(pod = %format!("{}/{}", e.namespace, e.name), flags = want, "pod flags updated");
+            }
+        }
+    }
     Ok(())
 }
 

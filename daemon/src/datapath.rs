@@ -16,7 +16,7 @@ use aya::{
     programs::SchedClassifier,
     EbpfLoader,
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, user};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, sock, user};
 
 /// The datapath object, built by build.rs through aya-build.
 pub static OBJECT: &[u8] =
@@ -128,14 +128,17 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object, adopting or pinning maps, and pins every program.
-    pub fn load(bpffs: &Path) -> anyhow::Result<Self> {
+    /// Loads the object, adopting or pinning maps, and pins every program. With `sockops_cgroup`
+    /// the socket acceleration programs are attached to that cgroup (v2 directory); without
+    /// it, any earlier attachment is removed (`--sockmap=false`).
+    pub fn load(bpffs: &Path, sockops_cgroup: Option<&Path>) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it");
         }
         let maps_dir = bpffs.join(pins::MAPS_DIR);
         let progs_dir = bpffs.join(pins::PROGS_DIR);
-        for d in [&maps_dir, &progs_dir] {
+        let links_dir = bpffs.join(pins::LINKS_DIR);
+        for d in [&maps_dir, &progs_dir, &links_dir] {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
         let adopted_maps = check_pinned_layouts(bpffs)?;
@@ -161,6 +164,7 @@ impl Datapath {
             std::fs::rename(&tmp, &pin)
                 .with_context(|| format!("move {} to {}", tmp.display(), pin.display()))?;
         }
+        attach_sockmap(&mut ebpf, bpffs, sockops_cgroup)?;
         // Maps and programs stay alive through their pins; the loader's fds can go.
         drop(ebpf);
         Ok(Self {
@@ -205,6 +209,71 @@ impl Datapath {
         }
         Ok((ok, missing))
     }
+}
+
+/// Loads the socket acceleration programs: sk_msg onto the sockhash (that attachment lives
+/// with the pinned map), sockops onto the cgroup through a pinned link. The new link is attached
+/// beside the old one and only then does the old pin go, so there is no moment without a
+/// sockops program; established accelerated sockets keep their programs either way.
+fn attach_sockmap(ebpf: &mut aya::Ebpf, bpffs: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
+    use aya::{
+        maps::SockHash,
+        programs::{links::FdLink, CgroupAttachMode, SkMsg, SockOps},
+    };
+    let link_pin = bpffs.join(pins::LINKS_DIR).join(pins::LINK_SOCKOPS);
+    let Some(cgroup) = cgroup else {
+        match std::fs::remove_file(&link_pin) {
+            Ok(()) => tracing::info!("socket acceleration turned off"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", link_pin.display())),
+        }
+        return Ok(());
+    };
+    let map_fd = {
+        let map = ebpf
+            .map(sock::MAP_NAME)
+            .context("sockhash missing from the object")?;
+        let hash: SockHash<&aya::maps::MapData, sock::SockKey> =
+            SockHash::try_from(map).context("sockhash map type")?;
+        hash.fd().try_clone().context("dup the sockhash fd")?
+    };
+    let msg: &mut SkMsg = ebpf
+        .program_mut(pins::PROG_SK_MSG)
+        .context("sk_msg program missing")?
+        .try_into()
+        .context("sk_msg program type")?;
+    msg.load().context("verify and load sl_sk_msg")?;
+    let id = msg
+        .attach(&map_fd)
+        .context("attach sl_sk_msg to the sockhash")?;
+    // The attachment belongs to the map; dropping aya's handle would detach it.
+    std::mem::forget(msg.take_link(id)?);
+
+    let cg = std::fs::File::open(cgroup)
+        .with_context(|| format!("open cgroup {} (--cgroup-root)", cgroup.display()))?;
+    let ops: &mut SockOps = ebpf
+        .program_mut(pins::PROG_SOCKOPS)
+        .context("sockops program missing")?
+        .try_into()
+        .context("sockops program type")?;
+    ops.load().context("verify and load sl_sockops")?;
+    let id = ops
+        // Through bpf_link (kernel ≥ 5.7) the attachment is always "multi": links coexist, and
+        // link_create refuses the ALLOW_MULTI flag itself, so pass none.
+        .attach(&cg, CgroupAttachMode::Single)
+        .with_context(|| format!("attach sl_sockops to cgroup {}", cgroup.display()))?;
+    let link: FdLink = ops
+        .take_link(id)?
+        .try_into()
+        .context("sockops link is not an fd link")?;
+    let tmp = link_pin.with_file_name(format!("{}_new", pins::LINK_SOCKOPS));
+    let _ = std::fs::remove_file(&tmp);
+    link.pin(&tmp)
+        .with_context(|| format!("pin {}", tmp.display()))?;
+    // Replacing the pin drops the old link: the old program leaves the cgroup now.
+    std::fs::rename(&tmp, &link_pin)
+        .with_context(|| format!("move {} to {}", tmp.display(), link_pin.display()))?;
+    Ok(())
 }
 
 /// Removes Sluice from a node: detaches the uplink programs and removes every pin. Pods' veth

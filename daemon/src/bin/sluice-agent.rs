@@ -49,6 +49,11 @@ struct Args {
     /// The plugin binary to install. Default: sluice-cni next to this executable.
     #[arg(long, value_name = "PATH")]
     cni_plugin: Option<PathBuf>,
+    /// Accelerate same-node TCP (pod to pod, loopback inside a pod) by handing data from
+    /// socket to socket with sockops + sk_msg on --cgroup-root. A pod opts out with the
+    /// annotation `sluice.dev/sockmap: "off"`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    sockmap: bool,
     /// Do not masquerade pod traffic leaving for the outside.
     #[arg(long)]
     no_masquerade: bool,
@@ -131,6 +136,7 @@ fn main() -> anyhow::Result<()> {
         cni_bin_dir: args.cni_bin_dir,
         cni_plugin,
         masquerade: !args.no_masquerade,
+        sockmap: args.sockmap,
         mtu: args.mtu,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
