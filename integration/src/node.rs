@@ -47,6 +47,8 @@ pub struct Node {
     pub outside: Netns,
     /// Holds bpf/ (a bpffs mount), conf/, bin/, state/, manifests/, agent.log.
     pub dir: tempfile::TempDir,
+    /// This node's own cgroup v2 directory (the agent's --cgroup-root), never the root.
+    pub cgroup: PathBuf,
     opts: NodeOptions,
     agent: Option<Child>,
 }
@@ -202,11 +204,16 @@ impl Node {
             None::<&str>,
         )
         .expect("mount a bpffs for the test");
+        let v2 = daemon::node::cgroup2_mount().expect("a cgroup v2 mount (needed for sockops)");
+        let cgroup = v2.join(unique("sluice-test-"));
+        std::fs::create_dir(&cgroup)
+            .unwrap_or_else(|e| panic!("create test cgroup {}: {e}", cgroup.display()));
         let start = opts.start_agent;
         let mut n = Self {
             node,
             outside,
             dir,
+            cgroup,
             opts,
             agent: None,
         };
@@ -245,6 +252,7 @@ impl Node {
         c.arg("--cni-conf-dir").arg(self.path("conf"));
         c.arg("--cni-bin-dir").arg(self.path("bin"));
         c.arg("--cni-plugin").arg(bin("sluice-cni"));
+        c.arg("--cgroup-root").arg(&self.cgroup);
         if let Some(cidr) = &self.opts.pod_cidr {
             c.args(["--pod-cidr", cidr]);
         }
@@ -422,6 +430,18 @@ impl Node {
         .assert_ok();
     }
 
+    /// A command that runs `program` inside `ns` as a process of this node's cgroup, as a pod's
+    /// container processes are (socket programs only see processes of the agent's cgroup).
+    pub fn pod_command(&self, ns: &Netns, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && n="$1" && shift && exec nsenter --net="$n" -- "$@""#)
+            .arg(&self.cgroup)
+            .arg(ns.path())
+            .arg(program);
+        c
+    }
+
     /// Endpoints recorded in the datapath's maps.
     pub fn endpoints(&self) -> Vec<datapath_common::user::EndpointRecord> {
         datapath_common::user::Endpoints::open(&self.bpffs())
@@ -473,7 +493,16 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop_agent(false);
-        // Uplink filters go with the namespace; pins go with the bpffs mount.
+        // Uplink filters go with the namespace; pins (and the sockops link) with the bpffs.
         let _ = nix::mount::umount2(&self.bpffs(), nix::mount::MntFlags::MNT_DETACH);
+        // The cgroup can go once its processes have exited.
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.cgroup) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
     }
 }
