@@ -74,6 +74,10 @@ impl api::Handler for Shared {
             node_ip: self.node_ip.to_string(),
             pod_cidrs: self.pod_cidrs.iter().map(|c| c.to_string()).collect(),
             masquerade: self.settings.masquerade,
+            sockmap: bpffs
+                .join(datapath_common::pins::LINKS_DIR)
+                .join(datapath_common::pins::LINK_SOCKOPS)
+                .exists(),
             endpoints: endpoints.unwrap_or(0),
             adopted_maps: self.adopted_maps,
             manifests: self

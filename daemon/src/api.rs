@@ -46,6 +46,8 @@ pub struct Status {
     pub node_ip: String,
     pub pod_cidrs: Vec<String>,
     pub masquerade: bool,
+    /// Same-node TCP acceleration (sockops + sk_msg) is attached.
+    pub sockmap: bool,
     pub endpoints: usize,
     pub adopted_maps: usize,
     pub manifests: Option<String>,
@@ -184,6 +186,7 @@ mod tests {
                 node_ip: "192.0.2.2".into(),
                 pod_cidrs: vec!["10.244.1.0/24".into()],
                 masquerade: true,
+                sockmap: true,
                 endpoints: 3,
                 adopted_maps: 0,
                 manifests: None,
