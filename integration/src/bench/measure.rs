@@ -1,11 +1,12 @@
 //! One traffic measurement in one system: `sluice-load` (RR, CRR) or iperf3 (stream) between
 //! its two pods. Servers are started fresh for each measurement, so their rusage is that
-//! measurement's; every process runs inside its pod through `nsenter` (which execs the
-//! program: the rusage is the program's own) under a wall-clock bound, and is killed by its
+//! measurement's; every process runs inside its pod ([`System::pod_command`]: `nsenter`, which
+//! execs the program, so the rusage is the program's own) under a wall-clock bound, and is killed by its
 //! guard if anything goes wrong. Softirq time is read from /proc/stat around the client: it is
 //! machine-wide (other processes' interrupts count too), so it is a hint, not an exact charge.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead as _, BufReader, Read as _},
     net::SocketAddr,
     process::{Child, ChildStdout, Command, Output, Stdio},
@@ -17,7 +18,7 @@ use serde_json::Value;
 
 use super::{
     load::{ClientReport, Mode, ServerReport},
-    topo::Pods,
+    topo::System,
     Context as _, Error, Result,
 };
 
@@ -63,12 +64,12 @@ impl LoadSample {
 }
 
 /// Runs `sluice-load` `mode` with `size`-byte messages from the client pod to the server pod.
-pub fn load(pods: &Pods, mode: Mode, size: usize, t: Timing) -> Result<LoadSample> {
+pub fn load(sys: &dyn System, mode: Mode, size: usize, t: Timing) -> Result<LoadSample> {
+    let pods = sys.pods();
     let load_bin = crate::bin("sluice-load");
     let to = SocketAddr::from((pods.server_ip, LOAD_PORT)).to_string();
     let mut server = Guarded::spawn(
-        pods.server
-            .command(&load_bin)
+        sys.pod_command(pods.server, load_bin.as_os_str())
             .args(["server", "--listen", &to, "--workers", "4", "--max-seconds"])
             .arg(format!("{:.0}", t.bound().as_secs_f64() + 10.0)),
         "sluice-load server",
@@ -80,8 +81,7 @@ pub fn load(pods: &Pods, mode: Mode, size: usize, t: Timing) -> Result<LoadSampl
     };
     let soft0 = softirq_seconds()?;
     let out = run_bounded(
-        pods.client
-            .command(&load_bin)
+        sys.pod_command(pods.client, load_bin.as_os_str())
             .args([mode_arg, "--to", &to, "--size", &size.to_string()])
             .args(["--seconds", &t.seconds.to_string()])
             .args(["--warmup", &t.warmup.to_string()]),
@@ -127,11 +127,13 @@ impl StreamSample {
 }
 
 /// One iperf3 TCP stream from the client pod to the server pod.
-pub fn stream(pods: &Pods, t: Timing) -> Result<StreamSample> {
+pub fn stream(sys: &dyn System, t: Timing) -> Result<StreamSample> {
+    let pods = sys.pods();
     let ip = pods.server_ip.to_string();
     let port = IPERF_PORT.to_string();
+    let iperf3 = OsStr::new("iperf3");
     let mut server = Guarded::spawn(
-        pods.server.command("iperf3").args([
+        sys.pod_command(pods.server, iperf3).args([
             "--server",
             "--one-off",
             "--forceflush",
@@ -150,7 +152,7 @@ pub fn stream(pods: &Pods, t: Timing) -> Result<StreamSample> {
     let omit = t.warmup.ceil().to_string();
     let soft0 = softirq_seconds()?;
     let out = run_bounded(
-        pods.client.command("iperf3").args([
+        sys.pod_command(pods.client, iperf3).args([
             "--client",
             &ip,
             "--port",

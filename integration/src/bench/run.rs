@@ -35,6 +35,8 @@ pub struct Config {
     /// Scenarios to run (all when empty).
     pub only: Vec<String>,
     pub results_dir: PathBuf,
+    /// Extra flags for Sluice's agent (`--agent-arg --sockmap=false`).
+    pub agent_args: Vec<String>,
     /// File name of the outputs: `latest` for a full run, `quick` for the smoke mode, so a
     /// smoke run never overwrites the committed full results.
     pub stem: &'static str,
@@ -48,7 +50,8 @@ pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S
   --seconds S    measured seconds per traffic run (default 5)
   --only LIST    comma-separated scenarios among: pod-pod-rr-1b pod-pod-rr-1k pod-pod-crr
                  pod-pod-stream cni-add cni-del cni-add-parallel-100
-  --results-dir  where the JSON, SVG and Markdown go (default bench/results)";
+  --results-dir  where the JSON, SVG and Markdown go (default bench/results)
+  --agent-arg A  pass A to Sluice's agent (repeatable), e.g. --agent-arg --sockmap=false";
 
 impl Config {
     pub fn from_args(args: &[String]) -> Result<Self> {
@@ -64,6 +67,7 @@ impl Config {
             parallel_pods: 100,
             only: Vec::new(),
             results_dir: PathBuf::from("bench/results"),
+            agent_args: Vec::new(),
             stem: if quick { "quick" } else { "latest" },
         };
         let mut it = args.iter();
@@ -96,6 +100,7 @@ impl Config {
                     }
                 }
                 "--results-dir" => c.results_dir = PathBuf::from(value()?),
+                "--agent-arg" => c.agent_args.push(value()?),
                 other => return Err(Error::msg(format!("unknown argument {other:?}"))),
             }
         }
@@ -121,8 +126,11 @@ pub fn run(cfg: &Config) -> Result<()> {
         cfg.timing.warmup,
         crate::bin_dir().display()
     );
+    if !cfg.agent_args.is_empty() {
+        eprintln!("sluice-bench: agent flags {}", cfg.agent_args.join(" "));
+    }
     eprintln!("sluice-bench: building the sluice, veth and bridge topologies");
-    let sluice = Sluice::new()?;
+    let sluice = Sluice::new(&cfg.agent_args)?;
     let veth = Veth::new()?;
     let bridge = Bridge::new()?;
     let all: [&dyn System; 3] = [&sluice, &veth, &bridge];
@@ -150,7 +158,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         }
         let unit = if mode == Mode::Crr { "conn/s" } else { "req/s" };
         rounds(cfg, &all, scenario, |sys| {
-            let s = measure::load(&sys.pods(), mode, size, t)?;
+            let s = measure::load(sys, mode, size, t)?;
             let c = &s.client;
             let name = sys.name();
             res.add(scenario, "rate", unit, true, name, c.rate);
@@ -185,7 +193,7 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     if cfg.wants("pod-pod-stream") {
         rounds(cfg, &all, "pod-pod-stream", |sys| {
-            let s = measure::stream(&sys.pods(), t)?;
+            let s = measure::stream(sys, t)?;
             let name = sys.name();
             res.add(
                 "pod-pod-stream",
@@ -252,14 +260,22 @@ pub fn run(cfg: &Config) -> Result<()> {
         })?;
     }
 
+    let paths = sluice.path_report().unwrap_or_else(|| "?".into());
     drop((sluice, veth, bridge));
     let elapsed = started.elapsed();
     let summary = format!(
-        "{machine}\nmode: {}, {} rounds, {} s per traffic run; took {:.0} s",
+        "{machine}\nsluice agent flags: {}\nsluice datapath counters after the run: {paths}\n\
+         mode: {}, {} rounds, {} s per traffic run; took {:.0} s, load average at end {}",
+        if cfg.agent_args.is_empty() {
+            "defaults".to_string()
+        } else {
+            cfg.agent_args.join(" ")
+        },
         if cfg.quick { "quick" } else { "full" },
         cfg.rounds,
         cfg.timing.seconds,
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        super::machine::loadavg()
     );
     println!("\n{}", res.table());
     for line in res.targets() {

@@ -5,7 +5,9 @@
 //! veth    client ns ─────────── one veth pair, no program, no rule ───── server ns
 //! bridge  client pod ──veth── node (cni0, iptables) ─────────────veth── server pod
 //! ```
-//! Sluice is the integration fixture's [`Node`] with its pods made by the real CNI binary. The
+//! Sluice is the integration fixture's [`Node`] with its pods made by the real CNI binary, and
+//! their processes in the node's cgroup as a cluster's pods are, so the agent's defaults
+//! (socket acceleration included) apply. The
 //! bridge node is what a kubeadm node with the `bridge` conflist looks like: cni0 as the pods'
 //! gateway, `ipMasq` (the plugin adds its own nat rules), hairpin mode, and the FORWARD accept
 //! rules kube-proxy and kubeadm's docs put on such nodes. br_netfilter is built into this
@@ -14,6 +16,7 @@
 //! Every namespace is made here and removed by its guard; nothing is added to the root one.
 
 use std::{
+    ffi::OsStr,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
@@ -43,6 +46,17 @@ pub trait System {
     fn pods(&self) -> Pods<'_>;
     /// The system's CNI plugin, as its node's runtime execs it; `None` for the bare veth.
     fn cni(&self) -> Option<CniPlugin<'_>>;
+
+    /// A command running `program` as a process of the pod whose namespace is `ns`. The
+    /// program is exec'd (no process in between), so its rusage is its own.
+    fn pod_command(&self, ns: &Netns, program: &OsStr) -> Command {
+        ns.command(program)
+    }
+
+    /// Which paths of the datapath carried the traffic so far, if the system can tell.
+    fn path_report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Makes a pod ready for the load: checks its MTU, and lets `crr` clients reuse TIME_WAIT
@@ -89,8 +103,12 @@ pub struct Sluice {
 }
 
 impl Sluice {
-    pub fn new() -> Result<Self> {
-        let node = Node::new(NodeOptions::default());
+    /// A node whose agent runs with its defaults plus `agent_args`.
+    pub fn new(agent_args: &[String]) -> Result<Self> {
+        let node = Node::new(NodeOptions {
+            agent_args: agent_args.to_vec(),
+            ..NodeOptions::default()
+        });
         let client = node.add_pod("bench-client");
         let server = node.add_pod("bench-server");
         let s = Self {
@@ -114,6 +132,33 @@ impl System for Sluice {
             server: &self.server.ns,
             server_ip: self.server.ip,
         }
+    }
+
+    /// In the node's cgroup, as a pod's containers are: the agent's socket programs (on by
+    /// default) apply to them as they would in a cluster.
+    fn pod_command(&self, ns: &Netns, program: &OsStr) -> Command {
+        self.node.pod_command(ns, program)
+    }
+
+    /// The datapath's non-zero counters (`sluicectl status`): local-pod redirects by the TC
+    /// programs, sockets accelerated and bytes redirected by sk_msg.
+    fn path_report(&self) -> Option<String> {
+        let out = self.node.sluicectl(&["status", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let counters = v["counters"].as_array()?;
+        let parts: Vec<String> = counters
+            .iter()
+            .filter(|c| c["packets"].as_u64().unwrap_or(0) > 0)
+            .map(|c| {
+                format!(
+                    "{} {} packets/{} bytes",
+                    c["reason"].as_str().unwrap_or("?"),
+                    c["packets"],
+                    c["bytes"]
+                )
+            })
+            .collect();
+        Some(parts.join(", "))
     }
 
     fn cni(&self) -> Option<CniPlugin<'_>> {
