@@ -83,6 +83,24 @@ fn open_netns(path: &Path) -> Result<File, CniError> {
     })
 }
 
+/// Refuses the plugin's own network namespace as a pod's: wiring a pod interface, address and
+/// default route there would take over the node's routing (the Go skel refuses it too).
+fn refuse_own_netns(netns: &File, path: &Path) -> Result<(), CniError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let io = |source| CniError::Netns {
+        path: path.to_path_buf(),
+        source,
+    };
+    let theirs = netns.metadata().map_err(io)?;
+    let ours = std::fs::metadata("/proc/self/ns/net").map_err(io)?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Err(CniError::OwnNetns {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// What ADD created so far, undone in reverse order if a later step fails.
 struct Undo<'a> {
     conf: &'a NetConf,
@@ -141,7 +159,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
         });
     }
     let netns = open_netns(&netns_path)?;
-    let taken = in_netns(&netns, || {
+    refuse_own_netns(&netns, &netns_path)?;
+    let taken = in_netns(&netns, &netns_path, || {
         Netlink::new()
             .and_then(|nl| nl.link(ifname))
             .map_err(nl_err)
@@ -189,6 +208,7 @@ fn wire(
     undo: &mut Undo<'_>,
 ) -> Result<CniResult, CniError> {
     let (cid, ifname) = ids(env);
+    let netns_path = &env.netns.clone().unwrap_or_default();
     let host = host_veth_name(cid, ifname);
     let nl = Netlink::new().map_err(nl_err)?;
     let mac = conf.requested_mac(&env.args).map(|m| m.0);
@@ -216,7 +236,7 @@ fn wire(
     // Pod side.
     let pod_ips: Vec<IpAddr> = allocs.iter().map(|a| a.addr).collect();
     let host_mac = host_link.mac;
-    let pod_link = in_netns(netns, || {
+    let pod_link = in_netns(netns, netns_path, || {
         let nl = Netlink::new().map_err(nl_err)?;
         let l = nl
             .link(ifname)
@@ -427,6 +447,19 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .map_err(nl_err)?
         .ok_or_else(|| fail(format!("host veth {host} is missing")))?;
     let eps = open_endpoints(&conf.bpffs).map_err(|e| fail(format!("{e}")))?;
+    if !nl.has_bpf_ingress_filter(host_link.index).map_err(nl_err)? {
+        return Err(fail(format!(
+            "the datapath program is not attached to {host}"
+        )));
+    }
+    // The datapath keeps forwarding without the agent, but nothing reconciles it then.
+    let sock = conf.state_dir.join("agent.sock");
+    if std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        return Err(fail(format!(
+            "sluice-agent is not running (no answer on {})",
+            sock.display()
+        )));
+    }
     for ip in &want_ips {
         match eps.get(*ip) {
             Some(v) if v.ifindex == host_link.index => {}
@@ -442,7 +475,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let netns = open_netns(&netns_path)?;
     let want_mac = iface.mac.clone();
     let gw = conf.gateway;
-    in_netns(&netns, || {
+    in_netns(&netns, &netns_path, || {
         let nl = Netlink::new().map_err(nl_err)?;
         let l = nl
             .link(ifname)

@@ -101,6 +101,8 @@ pub enum CniError {
         source: std::io::Error,
     },
     /// Code 104: ADD found `CNI_IFNAME` already present in the netns (spec MUST).
+    #[error("{} is the plugin's own network namespace", path.display())]
+    OwnNetns { path: PathBuf },
     #[error("interface {ifname} already exists in {}", netns.display())]
     InterfaceExists { ifname: String, netns: PathBuf },
     /// Code 105: CHECK found the attachment differs from what ADD set up.
@@ -145,6 +147,8 @@ impl CniError {
             CniError::Ipam { .. } => 101,
             CniError::Datapath { .. } => 102,
             CniError::Netns { .. } => 103,
+            // The Go skel's code for a CNI_NETNS that is the plugin's own namespace.
+            CniError::OwnNetns { .. } => 8,
             CniError::InterfaceExists { .. } => 104,
             CniError::Check { .. } => 105,
             // 999 is the Go library's "internal error"; only reachable with an empty list.

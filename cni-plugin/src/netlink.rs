@@ -235,6 +235,28 @@ impl Netlink {
             .map_err(err("list routes", "ipv4"))
     }
 
+    /// Whether link `index` has a cls_bpf filter on its TC ingress hook.
+    pub fn has_bpf_ingress_filter(&self, index: u32) -> Result<bool> {
+        use netlink_packet_route::tc::TcAttribute;
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move {
+                let msgs: Vec<_> = h
+                    .traffic_filter(index as i32)
+                    .get()
+                    .ingress()
+                    .execute()
+                    .try_collect()
+                    .await?;
+                Ok(msgs.iter().any(|m| {
+                    m.attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+                }))
+            })
+            .map_err(err("list tc filters", index.to_string()))
+    }
+
     /// A permanent neighbour entry (no ARP ever needed for `ip`).
     pub fn add_permanent_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
         let h = self.handle.clone();
@@ -280,13 +302,14 @@ fn to_link(m: &LinkMessage) -> Link {
 /// Runs `f` on a new OS thread inside the network namespace `netns`; the thread ends with `f`.
 pub fn in_netns<T: Send>(
     netns: &File,
+    path: &std::path::Path,
     f: impl FnOnce() -> std::result::Result<T, crate::error::CniError> + Send,
 ) -> std::result::Result<T, crate::error::CniError> {
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
                 crate::error::CniError::Netns {
-                    path: std::path::PathBuf::from("(enter)"),
+                    path: path.to_path_buf(),
                     source: std::io::Error::from(e),
                 }
             })?;

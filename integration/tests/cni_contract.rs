@@ -481,7 +481,6 @@ fn add_netns_not_a_namespace_is_code_103() {
 /// Test that ADD refuses a CNI_NETNS that is the plugin's own namespace (Go skel code 8,
 /// which §1.2 says to mirror) and leaves the node's interfaces, addresses and routes alone.
 #[test]
-#[ignore = "bug: ADD does not refuse CNI_NETNS = its own netns; it wires eth0 into the node"]
 fn add_into_own_netns_is_refused() {
     let node = node();
     let state = || node.node.sh("ip -o link; ip -o addr; ip route");
@@ -693,7 +692,6 @@ fn check_after_endpoint_entry_removed_fails() {
 /// Test that CHECK fails once the datapath program is detached from the pod's host veth
 /// (§0.6 and §12.5: our BPF programs are hidden state CHECK verifies).
 #[test]
-#[ignore = "bug: CHECK does not verify the TC program on the host veth (commands.rs check)"]
 fn check_after_datapath_program_detached_fails() {
     let node = node();
     let pod = node.add_pod("a");
@@ -704,7 +702,6 @@ fn check_after_datapath_program_detached_fails() {
 
 /// Test that CHECK fails once the agent is stopped (§0.6 "daemon reachable", §12.5).
 #[test]
-#[ignore = "bug: CHECK never checks that sluice-agent is reachable (commands.rs check)"]
 fn check_with_agent_stopped_fails() {
     let mut node = node();
     let pod = node.add_pod("a");
