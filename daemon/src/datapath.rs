@@ -63,6 +63,18 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
         size_of::<nat::Binding>(),
         nat::MAX_ENTRIES,
     ),
+    (
+        sock::MAP_NAME,
+        size_of::<sock::SockKey>(),
+        size_of::<u32>(),
+        sock::MAX_ENTRIES,
+    ),
+    (
+        sock::PODNS_MAP_NAME,
+        size_of::<u64>(),
+        size_of::<u32>(),
+        sock::PODNS_MAX_ENTRIES,
+    ),
 ];
 
 /// Whether `dir` is a mounted bpffs.

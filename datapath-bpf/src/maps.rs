@@ -16,7 +16,7 @@ pub static CONFIG: Array<config::NodeConfig> = Array::pinned(config::MAX_ENTRIES
 pub static ENDPOINTS: HashMap<IpKey, endpoint::Value> = HashMap::pinned(endpoint::MAX_ENTRIES, 0);
 
 /// Not read by programs: kept beside the endpoint map for the agent, CLI and GC.
-#[map(name = "SL_EPMETA_V1")]
+#[map(name = "SL_EPMETA_V2")]
 pub static ENDPOINT_META: HashMap<IpKey, endpoint::Meta> =
     HashMap::pinned(endpoint::MAX_ENTRIES, 0);
 

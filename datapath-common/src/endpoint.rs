@@ -1,12 +1,12 @@
 //! `SL_EP_V1`: local endpoints (pods) by address, read by the TC programs to deliver traffic
-//! straight into a pod; `SL_EPMETA_V1`: who each endpoint is (pod, container, interface), kept
+//! straight into a pod; `SL_EPMETA_V2`: who each endpoint is (pod, container, interface), kept
 //! beside it for the agent, the CLI and GC. Both are written by the CNI plugin on ADD and
 //! removed on DEL.
 
 use crate::addr::IpKey;
 
 pub const MAP_NAME: &str = "SL_EP_V1";
-pub const META_MAP_NAME: &str = "SL_EPMETA_V1";
+pub const META_MAP_NAME: &str = "SL_EPMETA_V2";
 pub const MAX_ENTRIES: u32 = 16384;
 
 pub type Key = IpKey;
@@ -26,6 +26,7 @@ pub struct Value {
 const _: () = assert!(core::mem::size_of::<Value>() == 20);
 
 /// Pod identity of an endpoint. Names are NUL-padded and cut at the field size.
+/// (V2: the netns cookie was added.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {
