@@ -253,7 +253,7 @@ impl Results {
             for (b, want) in [("veth", 0.95), ("bridge", 1.1)] {
                 if let Some(x) = self.ratio(scenario, metric, b) {
                     out.push(format!(
-                        "{scenario} {metric}: sluice/{b} = {x:.2} (target ≥ {want}) {}",
+                        "{scenario} {metric}: sluice/{b} = {x:.3} (target ≥ {want}) {}",
                         verdict(x >= want)
                     ));
                 }

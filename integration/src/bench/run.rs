@@ -43,7 +43,7 @@ pub struct Config {
 }
 
 pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S] \
-[--only SCENARIO,...] [--results-dir DIR]
+[--only SCENARIO,...] [--results-dir DIR] [--agent-arg A]...
   --quick        smoke mode: 3 rounds of ~1 s per measurement, 20 pods for cni-add/cni-del
                  (writes quick.json/quick.svg/quick.md, not latest.*)
   --rounds N     rounds per scenario (default 5; each figure is the median of N runs)
