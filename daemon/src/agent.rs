@@ -306,7 +306,8 @@ pub fn desired_pod_flags(pod: Option<&k8s_openapi::api::core::v1::Pod>) -> u32 {
 /// Brings every local pod's namespace flags in line with its annotations.
 fn reconcile_pod_flags(shared: &Shared) -> anyhow::Result<()> {
     let bpffs = &shared.settings.bpffs;
-    let eps = user::Endpoints::open(bpffs)?.list()?;
+    let mut map = user::Endpoints::open(bpffs)?;
+    let eps = map.list()?;
     let mut ns = user::PodNamespaces::open(bpffs)?;
     let cluster = shared
         .cluster
@@ -315,6 +316,15 @@ fn reconcile_pod_flags(shared: &Shared) -> anyhow::Result<()> {
         .clone();
     for e in eps.iter().filter(|e| e.netns_cookie != 0) {
         let want = desired_pod_flags(cluster.pod(&e.namespace, &e.name));
+        // The endpoint entry (read by the peer's sockops) before the namespace entry.
+        let ep_want = if want & datapath_common::sock::NS_FLAG_NO_SOCKMAP != 0 {
+            e.value.flags | datapath_common::endpoint::FLAG_NO_SOCKMAP
+        } else {
+            e.value.flags & !datapath_common::endpoint::FLAG_NO_SOCKMAP
+        };
+        if ep_want != e.value.flags {
+            map.set_flags(e.addr, ep_want)?;
+        }
         if let Some(have) = ns.get(e.netns_cookie) {
             if have != want {
                 ns.set(e.netns_cookie, want)?;

@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::{sk_msg, sock_ops},
     programs::{SkMsgContext, SockOpsContext},
 };
-use datapath_common::{addr::IpKey, metrics, sock};
+use datapath_common::{addr::IpKey, endpoint, metrics, sock};
 
 use crate::{
     maps::{ENDPOINTS, POD_NAMESPACES, SOCKHASH},
@@ -26,15 +26,19 @@ use crate::{
 
 const AF_INET: u32 = 2;
 
-/// Whether both ends are on this node: two local pods, or loopback.
+/// Whether both ends are on this node and both take part: two local pods that did not opt out,
+/// or loopback. Both ends must be checked on both sides: a socket in the sockhash whose peer
+/// never joins is only slowed down (its reads go through the sockmap receive path).
 #[inline(always)]
 fn same_node(local: [u8; 4], remote: [u8; 4]) -> bool {
     if sock::is_loopback4(local) && sock::is_loopback4(remote) {
         return true;
     }
-    unsafe {
-        ENDPOINTS.get(IpKey::v4(local)).is_some() && ENDPOINTS.get(IpKey::v4(remote)).is_some()
-    }
+    let takes_part = |ip: [u8; 4]| match unsafe { ENDPOINTS.get(IpKey::v4(ip)) } {
+        Some(ep) => ep.flags & endpoint::FLAG_NO_SOCKMAP == 0,
+        None => false,
+    };
+    takes_part(local) && takes_part(remote)
 }
 
 #[sock_ops]

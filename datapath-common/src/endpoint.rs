@@ -11,12 +11,16 @@ pub const MAX_ENTRIES: u32 = 16384;
 
 pub type Key = IpKey;
 
+/// The pod opted out of socket acceleration (`sluice.dev/sockmap: "off"`): a connection to or
+/// from it is not put in the sockhash on either end, so neither end is left half-accelerated.
+pub const FLAG_NO_SOCKMAP: u32 = 1 << 0;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Value {
     /// ifindex of the host-side veth (in the node's network namespace).
     pub ifindex: u32,
-    /// `FLAG_*` (none yet; room for per-pod options).
+    /// `FLAG_*`.
     pub flags: u32,
     /// MAC of the pod's interface (destination MAC of delivered frames).
     pub pod_mac: [u8; 6],

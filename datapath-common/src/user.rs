@@ -174,6 +174,20 @@ impl Endpoints {
         self.eps.get(&ip_key(addr), 0).ok()
     }
 
+    /// Sets an endpoint's `FLAG_*` bits (the entry must exist).
+    pub fn set_flags(&mut self, addr: std::net::IpAddr, flags: u32) -> Result<(), PinError> {
+        let k = ip_key(addr);
+        let mut v = self
+            .eps
+            .get(&k, 0)
+            .map_err(|e| self.err(endpoint::MAP_NAME, e))?;
+        v.flags = flags;
+        // BPF_EXIST: never resurrect an entry a concurrent DEL just removed.
+        self.eps
+            .insert(k, v, 2)
+            .map_err(|e| self.err(endpoint::MAP_NAME, e))
+    }
+
     pub fn get_meta(&self, addr: std::net::IpAddr) -> Option<endpoint::Meta> {
         self.meta.get(&ip_key(addr), 0).ok()
     }
