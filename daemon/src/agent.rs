@@ -143,6 +143,24 @@ fn resolve_pod_cidrs(s: &Settings, cluster: &ClusterState) -> anyhow::Result<Vec
     Ok(from_node)
 }
 
+/// Takes `<state-dir>/agent.lock` for the life of the agent, or says who holds it.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another sluice-agent is already running with --state-dir {} ({}: {e})",
+            dir.display(),
+            path.display()
+        )
+    })
+}
+
 /// Runs the agent until SIGINT/SIGTERM. The datapath stays in place when it returns.
 pub async fn run(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.state_dir)
@@ -152,6 +170,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         std::fs::set_permissions(&s.state_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod {}", s.state_dir.display()))?;
     }
+    // One agent per state dir: a second one would re-pin and reconfigure under the first.
+    // The kernel drops the lock when the holder dies, even by SIGKILL.
+    let _lock = lock_state_dir(&s.state_dir)?;
 
     // Cluster state first: the Node object may carry the pod CIDR.
     let (mut updates, initial) = match &s.manifests {

@@ -603,3 +603,16 @@ fn sluicectl_without_agent_says_unreachable() {
     }
     assert!(!Path::new(&dir.path().join("agent.sock")).exists());
 }
+
+/// Test that a second agent on the same state dir refuses to start, names the reason, and
+/// leaves the running one serving.
+#[test]
+fn second_agent_on_same_state_dir_is_refused() {
+    let node = Node::new(NodeOptions::default());
+    let out = node.agent_command().output().expect("run a second agent");
+    assert!(!out.status.success(), "a second agent started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "unclear refusal: {err}");
+    let st = node.sluicectl(&["status", "-o", "json"]);
+    assert!(st.status.success(), "the first agent stopped answering");
+}
