@@ -73,17 +73,53 @@ fn dispatch(stdin: &[u8]) -> (Option<serde_json::Value>, i32) {
     if let Err(e) = conf.check_allowed(env.command) {
         return fail(e, &conf.cni_version);
     }
-    let res = match env.command {
-        Command::Add => commands::add(&env, &conf).map(|r| Some(r.to_json(&conf.cni_version))),
-        Command::Del => commands::del(&env, &conf).map(|()| None),
-        Command::Check => commands::check(&env, &conf).map(|()| None),
-        Command::Status => commands::status(&conf).map(|()| None),
-        Command::Gc => commands::gc(&conf).map(|()| None),
-        Command::Version => unreachable!("answered above"),
-    };
+    let res = run_command(&env, &conf);
+    if let Some(path) = &conf.log_file {
+        log_line(path, &env, &res);
+    }
     match res {
         Ok(out) => (out, 0),
         Err(e) => fail(e, &conf.cni_version),
+    }
+}
+
+fn run_command(env: &Env, conf: &config::NetConf) -> Result<Option<serde_json::Value>, CniError> {
+    match env.command {
+        Command::Add => commands::add(env, conf).map(|r| Some(r.to_json(&conf.cni_version))),
+        Command::Del => commands::del(env, conf).map(|()| None),
+        Command::Check => commands::check(env, conf).map(|()| None),
+        Command::Status => commands::status(conf).map(|()| None),
+        Command::Gc => commands::gc(conf).map(|()| None),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// Appends one line about this invocation to the config's `logFile` (best effort: a log that
+/// cannot be written never fails the command).
+fn log_line(path: &std::path::Path, env: &Env, res: &Result<Option<serde_json::Value>, CniError>) {
+    use std::io::Write as _;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let outcome = match res {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("error {}: {}", e.code(), error_chain(e)),
+    };
+    let line = format!(
+        "{secs} {} container={} ifname={} pod={}/{} {outcome}\n",
+        env.command,
+        env.container_id.as_deref().unwrap_or("-"),
+        env.ifname.as_deref().unwrap_or("-"),
+        env.args.k8s_pod_namespace.as_deref().unwrap_or("-"),
+        env.args.k8s_pod_name.as_deref().unwrap_or("-"),
+    );
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
     }
 }
 

@@ -942,3 +942,29 @@ fn stdout_carries_only_the_protocol() {
     );
     assert_node_clean(&node);
 }
+
+/// Test that a `logFile` in the config gets one line per invocation, with the outcome, and
+/// that stdout still carries only the protocol.
+#[test]
+fn log_file_records_each_invocation() {
+    let node = node();
+    let ns = pod_ns();
+    let log = node.dir.path().join("cni.log");
+    let mut add = CniCall::attachment("ADD", "1.0.0", "logged1", &ns.path(), "logged");
+    add.extra = json!({ "logFile": log });
+    node.cni(&add).assert_ok();
+    let mut del = CniCall::attachment("DEL", "1.0.0", "logged1", &ns.path(), "logged");
+    del.extra = json!({ "logFile": log });
+    node.cni(&del).assert_ok();
+    let text = std::fs::read_to_string(&log).expect("log file written");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("ADD container=logged1 ifname=eth0 pod=default/logged ok"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("DEL container=logged1") && lines[1].ends_with(" ok"),
+        "{text}"
+    );
+}
