@@ -1,15 +1,18 @@
 //! The load generator behind `sluice-load`: an echo server and two clients, `rr` (request and
 //! response over one TCP connection, like netperf TCP_RR) and `crr` (connect, one request and
-//! response, close, like TCP_CRR). One transaction is in flight at a time, so the rate is the
-//! inverse of the round-trip time through the datapath. Every run is bounded: a fixed
-//! duration, socket timeouts, at most `workers` server connections, and a server lifetime cap.
-//! Each process reports its own `getrusage`, so the orchestrator can charge CPU per request.
+//! response, close, like TCP_CRR). Each connection has one transaction in flight at a time,
+//! so with one connection the rate is the inverse of the round-trip time through the
+//! datapath; with `connections` N > 1, N threads each run that loop on a connection of their
+//! own (N transactions in flight, like N netperf instances) and their histograms are merged.
+//! Every run is bounded: a fixed duration, socket timeouts, at most `workers` server
+//! connections, and a server lifetime cap. Each process reports its own `getrusage` (all its
+//! threads), so the orchestrator can charge CPU per request.
 
 use std::{
     io::{self, BufRead as _, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc,
     },
     time::{Duration, Instant},
@@ -64,6 +67,8 @@ pub struct ClientOpts {
     pub warmup: Duration,
     /// Bound on every connect, read and write.
     pub timeout: Duration,
+    /// Connections run at once, each by a thread of its own with one transaction in flight.
+    pub connections: usize,
 }
 
 /// What a client prints on stdout.
@@ -71,6 +76,8 @@ pub struct ClientOpts {
 pub struct ClientReport {
     pub mode: Mode,
     pub size: usize,
+    /// Connections run at once.
+    pub connections: usize,
     /// Measured seconds (warm-up excluded).
     pub seconds: f64,
     /// Transactions in the measured window.
@@ -84,7 +91,8 @@ pub struct ClientReport {
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
-    /// Latency of whole transactions (`rr`: write to read; `crr`: connect to close).
+    /// Latency of whole transactions (`rr`: write to read; `crr`: connect to close), every
+    /// connection's merged.
     pub latency: Histogram,
     /// `crr` only: time for `connect` to return (the handshake through the datapath).
     pub connect: Option<Histogram>,
@@ -100,23 +108,107 @@ pub struct ServerReport {
 
 /// The largest message, and the buffer the server echoes through.
 pub const MAX_SIZE: usize = 1 << 20;
+/// The most connections a client runs at once, and workers a server starts.
+pub const MAX_CONNECTIONS: usize = 256;
 /// More consecutive failures than this end a client run early: the path is broken, and a
 /// benchmark of a broken path should say so rather than spin.
 const MAX_CONSECUTIVE_ERRORS: u64 = 100;
 
 pub fn run_client(o: &ClientOpts) -> io::Result<ClientReport> {
+    let start = Instant::now();
+    let window = Window {
+        measure_from: start + o.warmup,
+        end: start + o.warmup + o.duration,
+    };
+    // Set by a connection that gives up: the others stop too, and the run fails.
+    let failed = AtomicBool::new(false);
+    let parts: Vec<io::Result<Part>> = if o.connections <= 1 {
+        vec![drive(o, window, &failed)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..o.connections)
+                .map(|_| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(s, || drive(o, window, &failed))
+                        .inspect_err(|_| failed.store(true, Ordering::Relaxed))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h?.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a connection's thread panicked")))
+                })
+                .collect()
+        })
+    };
     let mut latency = Histogram::default();
     let mut connect = (o.mode == Mode::Crr).then(Histogram::default);
+    let (mut total, mut errors) = (0u64, 0u64);
+    for part in parts {
+        let part = part?;
+        latency.merge(&part.latency);
+        if let (Some(h), Some(p)) = (connect.as_mut(), part.connect.as_ref()) {
+            h.merge(p);
+        }
+        total += part.total;
+        errors += part.errors;
+    }
+    let seconds = Instant::now()
+        .saturating_duration_since(window.measure_from)
+        .as_secs_f64();
+    let us = |ns: u64| ns as f64 / 1e3;
+    let headline = connect.as_ref().unwrap_or(&latency);
+    Ok(ClientReport {
+        mode: o.mode,
+        size: o.size,
+        connections: o.connections.max(1),
+        seconds,
+        transactions: latency.count(),
+        transactions_total: total,
+        errors,
+        rate: latency.count() as f64 / seconds.max(1e-9),
+        p50_us: us(headline.quantile_ns(0.5)),
+        p99_us: us(headline.quantile_ns(0.99)),
+        max_us: us(headline.max_ns()),
+        latency,
+        connect,
+        rusage: Rusage::this_process(),
+    })
+}
+
+/// When transactions start being recorded, and when no new one starts.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// What one connection's loop measured.
+struct Part {
+    latency: Histogram,
+    connect: Option<Histogram>,
+    /// Transactions including the warm-up.
+    total: u64,
+    errors: u64,
+}
+
+/// One connection's loop: transactions one after the other until the window ends, another
+/// connection gave up (`failed`), or this one fails too often in a row.
+fn drive(o: &ClientOpts, w: Window, failed: &AtomicBool) -> io::Result<Part> {
+    let mut p = Part {
+        latency: Histogram::default(),
+        connect: (o.mode == Mode::Crr).then(Histogram::default),
+        total: 0,
+        errors: 0,
+    };
     let req = vec![b'r'; o.size];
     let mut resp = vec![0u8; o.size];
-    let start = Instant::now();
-    let measure_from = start + o.warmup;
-    let end = measure_from + o.duration;
-    let (mut total, mut errors, mut consecutive) = (0u64, 0u64, 0u64);
+    let mut consecutive = 0u64;
     let mut rr_conn: Option<TcpStream> = None;
     loop {
         let t0 = Instant::now();
-        if t0 >= end {
+        if t0 >= w.end || failed.load(Ordering::Relaxed) {
             break;
         }
         let result = match o.mode {
@@ -141,18 +233,19 @@ pub fn run_client(o: &ClientOpts) -> io::Result<ClientReport> {
         match result {
             Ok(connected) => {
                 consecutive = 0;
-                total += 1;
-                if t0 >= measure_from {
-                    latency.record((t1 - t0).as_nanos() as u64);
-                    if let (Some(h), Some(c)) = (connect.as_mut(), connected) {
+                p.total += 1;
+                if t0 >= w.measure_from {
+                    p.latency.record((t1 - t0).as_nanos() as u64);
+                    if let (Some(h), Some(c)) = (p.connect.as_mut(), connected) {
                         h.record(c.as_nanos() as u64);
                     }
                 }
             }
             Err(e) => {
-                errors += 1;
+                p.errors += 1;
                 consecutive += 1;
                 if consecutive > MAX_CONSECUTIVE_ERRORS {
+                    failed.store(true, Ordering::Relaxed);
                     return Err(io::Error::new(
                         e.kind(),
                         format!("{consecutive} transactions in a row failed, the last: {e}"),
@@ -161,26 +254,7 @@ pub fn run_client(o: &ClientOpts) -> io::Result<ClientReport> {
             }
         }
     }
-    let seconds = Instant::now()
-        .saturating_duration_since(measure_from)
-        .as_secs_f64();
-    let us = |ns: u64| ns as f64 / 1e3;
-    let headline = connect.as_ref().unwrap_or(&latency);
-    Ok(ClientReport {
-        mode: o.mode,
-        size: o.size,
-        seconds,
-        transactions: latency.count(),
-        transactions_total: total,
-        errors,
-        rate: latency.count() as f64 / seconds.max(1e-9),
-        p50_us: us(headline.quantile_ns(0.5)),
-        p99_us: us(headline.quantile_ns(0.99)),
-        max_us: us(headline.max_ns()),
-        latency,
-        connect,
-        rusage: Rusage::this_process(),
-    })
+    Ok(p)
 }
 
 fn open(o: &ClientOpts) -> io::Result<TcpStream> {
@@ -247,5 +321,41 @@ fn echo(mut s: TcpStream, buf: &mut [u8]) -> io::Result<()> {
             return Ok(());
         }
         s.write_all(&buf[..n])?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test that a client with several connections runs them all at once and merges their
+    /// histograms: the server sees each connection, and the report's count is the sum.
+    #[test]
+    fn rr_with_connections_merges_every_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+        let to = listener.local_addr().expect("local address");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let n = accepted.clone();
+        std::thread::spawn(move || {
+            while let Ok((s, _)) = listener.accept() {
+                n.fetch_add(1, Ordering::Relaxed);
+                std::thread::spawn(move || echo(s, &mut [0u8; 64]));
+            }
+        });
+        let r = run_client(&ClientOpts {
+            mode: Mode::Rr,
+            to,
+            size: 16,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(50),
+            timeout: Duration::from_secs(2),
+            connections: 8,
+        })
+        .expect("run the client");
+        assert_eq!(r.connections, 8);
+        assert_eq!(r.errors, 0);
+        assert_eq!(accepted.load(Ordering::Relaxed), 8);
+        assert!(r.transactions > 0 && r.transactions <= r.transactions_total);
+        assert_eq!(r.latency.count(), r.transactions);
     }
 }

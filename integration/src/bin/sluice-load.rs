@@ -3,9 +3,12 @@
 //! ```text
 //! sluice-load server --listen IP:PORT [--workers 4] [--max-seconds 600]
 //! sluice-load rr|crr --to IP:PORT [--size 1] [--seconds 5] [--warmup 0.5] [--timeout-ms 2000]
+//!                    [--connections 1]
 //! ```
 //! The server prints `ready`, echoes until its stdin closes, then prints its report; a client
-//! runs for a fixed time and prints its report (JSON, with its own getrusage) on stdout.
+//! runs for a fixed time and prints its report (JSON, with its own getrusage) on stdout. A
+//! server serves at most `--workers` connections at once, so give it at least a client's
+//! `--connections`.
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -15,7 +18,8 @@ use integration::bench::{
 };
 
 const USAGE: &str = "usage: sluice-load server --listen IP:PORT [--workers N] [--max-seconds S]
-       sluice-load rr|crr --to IP:PORT [--size BYTES] [--seconds S] [--warmup S] [--timeout-ms MS]";
+       sluice-load rr|crr --to IP:PORT [--size BYTES] [--seconds S] [--warmup S] [--timeout-ms MS]
+                          [--connections N]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -74,7 +78,9 @@ fn run(args: Vec<String>) -> Result<()> {
             let f = Flags::parse(rest, &["--listen", "--workers", "--max-seconds"])?;
             let o = ServerOpts {
                 listen: f.get::<SocketAddr>("--listen", None)?,
-                workers: f.get("--workers", Some(4usize))?.clamp(1, 64),
+                workers: f
+                    .get("--workers", Some(4usize))?
+                    .clamp(1, load::MAX_CONNECTIONS),
                 max_lifetime: f.seconds("--max-seconds", 600.0, 3600.0)?,
             };
             let r = load::serve(&o).with_context(|| format!("serve on {}", o.listen))?;
@@ -83,13 +89,27 @@ fn run(args: Vec<String>) -> Result<()> {
         "rr" | "crr" => {
             let f = Flags::parse(
                 rest,
-                &["--to", "--size", "--seconds", "--warmup", "--timeout-ms"],
+                &[
+                    "--to",
+                    "--size",
+                    "--seconds",
+                    "--warmup",
+                    "--timeout-ms",
+                    "--connections",
+                ],
             )?;
             let size: usize = f.get("--size", Some(1))?;
             if !(1..=load::MAX_SIZE).contains(&size) {
                 return Err(Error::msg(format!(
                     "--size must be within 1..={}",
                     load::MAX_SIZE
+                )));
+            }
+            let connections: usize = f.get("--connections", Some(1))?;
+            if !(1..=load::MAX_CONNECTIONS).contains(&connections) {
+                return Err(Error::msg(format!(
+                    "--connections must be within 1..={}",
+                    load::MAX_CONNECTIONS
                 )));
             }
             let o = ClientOpts {
@@ -99,6 +119,7 @@ fn run(args: Vec<String>) -> Result<()> {
                 duration: f.seconds("--seconds", 5.0, 600.0)?,
                 warmup: f.seconds("--warmup", 0.5, 60.0)?,
                 timeout: Duration::from_millis(f.get::<u64>("--timeout-ms", Some(2000))?.max(1)),
+                connections,
             };
             let r = load::run_client(&o).with_context(|| format!("{mode} to {}", o.to))?;
             serde_json::to_string(&r)
