@@ -1,5 +1,6 @@
 //! One traffic measurement in one system: `sluice-load` (RR, CRR) or iperf3 (stream) between
-//! its two pods. Servers are started fresh for each measurement, so their rusage is that
+//! its two pods, or between two processes of one pod over 127.0.0.1 ([`Peers::Loopback`]).
+//! Servers are started fresh for each measurement, so their rusage is that
 //! measurement's; every process runs inside its pod ([`System::pod_command`]: `nsenter`, which
 //! execs the program, so the rusage is the program's own) under a wall-clock bound, and is killed by its
 //! guard if anything goes wrong. Softirq time is read from /proc/stat around the client: it is
@@ -63,26 +64,60 @@ impl LoadSample {
     }
 }
 
-/// Runs `sluice-load` `mode` with `size`-byte messages from the client pod to the server pod.
-pub fn load(sys: &dyn System, mode: Mode, size: usize, t: Timing) -> Result<LoadSample> {
+/// Where the two ends of a measurement run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peers {
+    /// The client in the client pod, the server in the server pod: pod to pod on the node.
+    PodToPod,
+    /// Both in the server pod, over 127.0.0.1: an application and its sidecar.
+    Loopback,
+}
+
+/// What a `sluice-load` run does.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub mode: Mode,
+    /// Bytes per request and per response.
+    pub size: usize,
+    /// Connections at once, each with one transaction in flight.
+    pub connections: usize,
+    pub peers: Peers,
+}
+
+/// Runs `sluice-load` as `l` says, the client and server as `l.peers` places them.
+pub fn load(sys: &dyn System, l: Load, t: Timing) -> Result<LoadSample> {
     let pods = sys.pods();
+    let (client_ns, to) = match l.peers {
+        Peers::PodToPod => (pods.client, SocketAddr::from((pods.server_ip, LOAD_PORT))),
+        Peers::Loopback => (pods.server, SocketAddr::from(([127, 0, 0, 1], LOAD_PORT))),
+    };
+    let to = to.to_string();
     let load_bin = crate::bin("sluice-load");
-    let to = SocketAddr::from((pods.server_ip, LOAD_PORT)).to_string();
+    // A worker per connection (a worker serves one connection until it closes).
+    let workers = l.connections.max(4).to_string();
     let mut server = Guarded::spawn(
         sys.pod_command(pods.server, load_bin.as_os_str())
-            .args(["server", "--listen", &to, "--workers", "4", "--max-seconds"])
+            .args([
+                "server",
+                "--listen",
+                &to,
+                "--workers",
+                &workers,
+                "--max-seconds",
+            ])
             .arg(format!("{:.0}", t.bound().as_secs_f64() + 10.0)),
         "sluice-load server",
     )?;
     server.wait_for_line(|l| l == "ready")?;
-    let mode_arg = match mode {
+    let mode_arg = match l.mode {
         Mode::Rr => "rr",
         Mode::Crr => "crr",
     };
     let soft0 = softirq_seconds()?;
     let out = run_bounded(
-        sys.pod_command(pods.client, load_bin.as_os_str())
-            .args([mode_arg, "--to", &to, "--size", &size.to_string()])
+        sys.pod_command(client_ns, load_bin.as_os_str())
+            .args([mode_arg, "--to", &to, "--size", &l.size.to_string()])
+            .args(["--connections", &l.connections.to_string()])
             .args(["--seconds", &t.seconds.to_string()])
             .args(["--warmup", &t.warmup.to_string()]),
         t.bound(),

@@ -1,11 +1,13 @@
 //! The benchmark harness behind `bench/run`: Sluice measured against its baselines in one run,
 //! on the same kernel, with the same load generator and flags. `veth` is the limit (a bare
 //! veth pair between two namespaces), `bridge` is the reference CNI (containernetworking's
-//! `bridge` + `host-local`, with the iptables rules a kubeadm node carries). Every topology is
-//! built in network namespaces this process makes and releases (../shared/notes/testing.md).
+//! `bridge` + `host-local`, with the iptables rules a kubeadm node carries), and
+//! `sluice-nosockmap` is Sluice without socket acceleration (the TC path alone). Every
+//! topology is built in network namespaces this process makes and releases
+//! (../shared/notes/testing.md).
 //!
 //! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator, [`topo`] the
-//! three systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
+//! four systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
 //! timing, [`run`] rounds and rotation, [`report`] the table and JSON, [`svg`] the picture,
 //! [`machine`] what it ran on.
 

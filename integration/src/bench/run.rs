@@ -1,27 +1,110 @@
-//! One benchmark run: build the three systems once, then for each scenario run rounds in which
-//! every system is measured once, the order rotated each round (S V B, V B S, B S V, …) so
-//! that drift on the machine hits every system alike; then print and write the results.
+//! One benchmark run: build the four systems once, then for each scenario run rounds in which
+//! every system is measured once, the order rotated each round (S N V B, N V B S, …; A/B/A/B
+//! for the socket acceleration scenarios, which measure only the two Sluice systems) so that
+//! drift on the machine hits every system alike; then print and write the results.
 
 use std::{path::PathBuf, time::Instant};
 
 use super::{
     check_interrupted, cni,
     load::Mode,
-    measure::{self, Timing},
+    measure::{self, Load, Peers, Timing},
     report::{num, Results},
     svg,
     topo::{Bridge, Sluice, System, Veth},
     Context as _, Error, Result,
 };
 
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 13] = [
     "pod-pod-rr-1b",
     "pod-pod-rr-1k",
     "pod-pod-crr",
     "pod-pod-stream",
+    "sockmap-rr-1b-1conn",
+    "sockmap-rr-1k-1conn",
+    "sockmap-rr-1b-64conn",
+    "sockmap-rr-1k-64conn",
+    "sockmap-loopback-rr-1b",
+    "sockmap-stream",
     "cni-add",
     "cni-del",
     "cni-add-parallel-100",
+];
+
+/// A `sluice-load` scenario.
+struct LoadScenario {
+    name: &'static str,
+    /// A socket acceleration scenario that is the same measurement for the two Sluice systems:
+    /// their runs are recorded under this name too, rather than measured twice.
+    alias: Option<&'static str>,
+    load: Load,
+    /// Measured on `sluice` and `sluice-nosockmap` only (A/B).
+    sluice_only: bool,
+    title: &'static str,
+}
+
+const fn rr(size: usize, connections: usize, peers: Peers) -> Load {
+    Load {
+        mode: Mode::Rr,
+        size,
+        connections,
+        peers,
+    }
+}
+
+/// Pod to pod on the four systems; the first two are also socket acceleration scenarios.
+const POD_POD: [LoadScenario; 3] = [
+    LoadScenario {
+        name: "pod-pod-rr-1b",
+        alias: Some("sockmap-rr-1b-1conn"),
+        load: rr(1, 1, Peers::PodToPod),
+        sluice_only: false,
+        title: "request/response latency, 1 B",
+    },
+    LoadScenario {
+        name: "pod-pod-rr-1k",
+        alias: Some("sockmap-rr-1k-1conn"),
+        load: rr(1024, 1, Peers::PodToPod),
+        sluice_only: false,
+        title: "request/response latency, 1 KiB",
+    },
+    LoadScenario {
+        name: "pod-pod-crr",
+        alias: None,
+        load: Load {
+            mode: Mode::Crr,
+            size: 1,
+            connections: 1,
+            peers: Peers::PodToPod,
+        },
+        sluice_only: false,
+        title: "connect time",
+    },
+];
+
+/// Socket acceleration on and off, on the two Sluice systems only.
+const SOCKMAP: [LoadScenario; 3] = [
+    LoadScenario {
+        name: "sockmap-rr-1b-64conn",
+        alias: None,
+        load: rr(1, 64, Peers::PodToPod),
+        sluice_only: true,
+        title: "request/response latency, 1 B, 64 connections",
+    },
+    LoadScenario {
+        name: "sockmap-rr-1k-64conn",
+        alias: None,
+        load: rr(1024, 64, Peers::PodToPod),
+        sluice_only: true,
+        title: "request/response latency, 1 KiB, 64 connections",
+    },
+    LoadScenario {
+        name: "sockmap-loopback-rr-1b",
+        alias: None,
+        load: rr(1, 1, Peers::Loopback),
+        sluice_only: true,
+        title: "in-pod loopback (127.0.0.1) latency, 1 B",
+    },
 ];
 
 pub struct Config {
@@ -49,9 +132,12 @@ pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S
   --rounds N     rounds per scenario (default 5; each figure is the median of N runs)
   --seconds S    measured seconds per traffic run (default 5)
   --only LIST    comma-separated scenarios among: pod-pod-rr-1b pod-pod-rr-1k pod-pod-crr
-                 pod-pod-stream cni-add cni-del cni-add-parallel-100
+                 pod-pod-stream sockmap-rr-1b-1conn sockmap-rr-1k-1conn sockmap-rr-1b-64conn
+                 sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-stream cni-add cni-del
+                 cni-add-parallel-100
   --results-dir  where the JSON, SVG and Markdown go (default bench/results)
-  --agent-arg A  pass A to Sluice's agent (repeatable), e.g. --agent-arg --sockmap=false";
+  --agent-arg A  pass A to both Sluice agents (repeatable), e.g. --agent-arg --no-masquerade;
+                 not --sockmap: the run measures Sluice with and without it";
 
 impl Config {
     pub fn from_args(args: &[String]) -> Result<Self> {
@@ -100,7 +186,15 @@ impl Config {
                     }
                 }
                 "--results-dir" => c.results_dir = PathBuf::from(value()?),
-                "--agent-arg" => c.agent_args.push(value()?),
+                "--agent-arg" => {
+                    let arg = value()?;
+                    if arg.starts_with("--sockmap") {
+                        return Err(Error::msg(
+                            "--agent-arg --sockmap: the run measures Sluice with and without it",
+                        ));
+                    }
+                    c.agent_args.push(arg);
+                }
                 other => return Err(Error::msg(format!("unknown argument {other:?}"))),
             }
         }
@@ -129,85 +223,53 @@ pub fn run(cfg: &Config) -> Result<()> {
     if !cfg.agent_args.is_empty() {
         eprintln!("sluice-bench: agent flags {}", cfg.agent_args.join(" "));
     }
-    eprintln!("sluice-bench: building the sluice, veth and bridge topologies");
+    eprintln!("sluice-bench: building the sluice, sluice-nosockmap, veth and bridge topologies");
     let sluice = Sluice::new(&cfg.agent_args)?;
+    let nosockmap = Sluice::without_sockmap(&cfg.agent_args)?;
     let veth = Veth::new()?;
     let bridge = Bridge::new()?;
-    let all: [&dyn System; 3] = [&sluice, &veth, &bridge];
+    let all: [&dyn System; 4] = [&sluice, &nosockmap, &veth, &bridge];
     let with_cni: [&dyn System; 2] = [&sluice, &bridge];
     let mut res = Results::default();
     let t = cfg.timing;
 
-    for (scenario, mode, size, title) in [
-        (
-            "pod-pod-rr-1b",
-            Mode::Rr,
-            1,
-            "request/response latency, 1 B",
-        ),
-        (
-            "pod-pod-rr-1k",
-            Mode::Rr,
-            1024,
-            "request/response latency, 1 KiB",
-        ),
-        ("pod-pod-crr", Mode::Crr, 1, "connect time"),
-    ] {
-        if !cfg.wants(scenario) {
-            continue;
-        }
-        let unit = if mode == Mode::Crr { "conn/s" } else { "req/s" };
-        rounds(cfg, &all, scenario, |sys| {
-            let s = measure::load(sys, mode, size, t)?;
-            let c = &s.client;
+    for sc in &POD_POD {
+        load_scenario(cfg, &all, sc, &mut res)?;
+    }
+
+    let (stream, alias) = ("pod-pod-stream", "sockmap-stream");
+    if cfg.wants(stream) || cfg.wants(alias) {
+        let systems: Vec<&dyn System> = all
+            .iter()
+            .copied()
+            .filter(|s| cfg.wants(stream) || is_sluice(s.name()))
+            .collect();
+        let label = if cfg.wants(stream) { stream } else { alias };
+        rounds(cfg, &systems, label, |sys| {
+            let r0 = sys.redirected_bytes();
+            let s = measure::stream(sys, t)?;
+            let redirected = sys.redirected_bytes().zip(r0).map(|(b, a)| b - a);
             let name = sys.name();
-            res.add(scenario, "rate", unit, true, name, c.rate);
-            res.add(scenario, "p50", "us", false, name, c.p50_us);
-            res.add(scenario, "p99", "us", false, name, c.p99_us);
-            res.add(
-                scenario,
-                "cpu-per-req",
-                "us",
-                false,
-                name,
-                s.cpu_us_per_req(),
-            );
-            let soft = s.softirq_us_per_req();
-            res.add(scenario, "softirq-per-req", "us", false, name, soft);
-            res.add_dist(
-                scenario,
-                title,
-                name,
-                c.connect.as_ref().unwrap_or(&c.latency),
-            );
-            Ok(format!(
-                "{} {unit}, p50 {} µs, p99 {} µs, cpu {} µs/req, {} errors",
-                num(c.rate),
-                num(c.p50_us),
-                num(c.p99_us),
-                num(s.cpu_us_per_req()),
-                c.errors
-            ))
+            let (cpu, soft) = (s.cpu_ms_per_gb(), s.softirq_ms_per_gb());
+            if cfg.wants(stream) {
+                res.add(stream, "throughput", "Gbit/s", true, name, s.gbit_s);
+                res.add(stream, "cpu-per-gb", "ms", false, name, cpu);
+                res.add(stream, "softirq-per-gb", "ms", false, name, soft);
+            }
+            if cfg.wants(alias) && is_sluice(name) {
+                res.add(alias, "throughput", "Gbit/s", true, name, s.gbit_s);
+                res.add(alias, "cpu-per-gb", "ms", false, name, cpu);
+            }
+            let mut line = format!("{} Gbit/s, cpu {} ms/GB", num(s.gbit_s), num(cpu));
+            if let Some(b) = redirected {
+                line.push_str(&format!(", sk_msg {} GB", num(b as f64 / 1e9)));
+            }
+            Ok(line)
         })?;
     }
 
-    if cfg.wants("pod-pod-stream") {
-        rounds(cfg, &all, "pod-pod-stream", |sys| {
-            let s = measure::stream(sys, t)?;
-            let name = sys.name();
-            res.add(
-                "pod-pod-stream",
-                "throughput",
-                "Gbit/s",
-                true,
-                name,
-                s.gbit_s,
-            );
-            let (cpu, soft) = (s.cpu_ms_per_gb(), s.softirq_ms_per_gb());
-            res.add("pod-pod-stream", "cpu-per-gb", "ms", false, name, cpu);
-            res.add("pod-pod-stream", "softirq-per-gb", "ms", false, name, soft);
-            Ok(format!("{} Gbit/s, cpu {} ms/GB", num(s.gbit_s), num(cpu)))
-        })?;
+    for sc in &SOCKMAP {
+        load_scenario(cfg, &all, sc, &mut res)?;
     }
 
     if cfg.wants("cni-add") || cfg.wants("cni-del") {
@@ -261,10 +323,13 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
 
     let paths = sluice.path_report().unwrap_or_else(|| "?".into());
-    drop((sluice, veth, bridge));
+    let tc_paths = nosockmap.path_report().unwrap_or_else(|| "?".into());
+    drop((sluice, nosockmap, veth, bridge));
     let elapsed = started.elapsed();
     let summary = format!(
-        "{machine}\nsluice agent flags: {}\nsluice datapath counters after the run: {paths}\n\
+        "{machine}\nsluice agent flags: {} (sluice-nosockmap: the same and --sockmap=false)\n\
+         sluice datapath counters after the run: {paths}\n\
+         sluice-nosockmap datapath counters after the run: {tc_paths}\n\
          mode: {}, {} rounds, {} s per traffic run; took {:.0} s, load average at end {}",
         if cfg.agent_args.is_empty() {
             "defaults".to_string()
@@ -286,6 +351,89 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+fn is_sluice(system: &str) -> bool {
+    system == "sluice" || system == "sluice-nosockmap"
+}
+
+/// Rounds of one `sluice-load` scenario on `systems` (on the two Sluice systems only when
+/// the scenario is `sluice_only`, or when only its alias is wanted).
+fn load_scenario(
+    cfg: &Config,
+    systems: &[&dyn System],
+    sc: &LoadScenario,
+    res: &mut Results,
+) -> Result<()> {
+    let primary = cfg.wants(sc.name);
+    let alias = sc.alias.filter(|a| cfg.wants(a));
+    if !primary && alias.is_none() {
+        return Ok(());
+    }
+    let systems: Vec<&dyn System> = systems
+        .iter()
+        .copied()
+        .filter(|s| primary && !sc.sluice_only || is_sluice(s.name()))
+        .collect();
+    // Named for what is recorded: the alias alone when only it is wanted.
+    let label = if primary {
+        sc.name
+    } else {
+        alias.unwrap_or(sc.name)
+    };
+    let l = sc.load;
+    let unit = if l.mode == Mode::Crr {
+        "conn/s"
+    } else {
+        "req/s"
+    };
+    rounds(cfg, &systems, label, |sys| {
+        let r0 = sys.redirected_bytes();
+        let s = measure::load(sys, l, cfg.timing)?;
+        let redirected = sys.redirected_bytes().zip(r0).map(|(b, a)| b - a);
+        let c = &s.client;
+        let name = sys.name();
+        let (cpu, soft) = (s.cpu_us_per_req(), s.softirq_us_per_req());
+        // The socket acceleration records: the issue's three figures and the CPU behind them.
+        let sockmap = sc.name.starts_with("sockmap-");
+        let names = [
+            primary.then_some(sc.name),
+            alias.filter(|_| is_sluice(name)),
+        ];
+        for scenario in names.into_iter().flatten() {
+            res.add(scenario, "rate", unit, true, name, c.rate);
+            res.add(scenario, "p50", "us", false, name, c.p50_us);
+            res.add(scenario, "p99", "us", false, name, c.p99_us);
+            res.add(scenario, "cpu-per-req", "us", false, name, cpu);
+            if !sockmap && scenario == sc.name {
+                res.add(scenario, "softirq-per-req", "us", false, name, soft);
+            }
+        }
+        res.add_dist(
+            label,
+            sc.title,
+            name,
+            c.connect.as_ref().unwrap_or(&c.latency),
+        );
+        let mut line = format!(
+            "{} {unit}, p50 {} µs, p99 {} µs, cpu {} µs/req, {} errors",
+            num(c.rate),
+            num(c.p50_us),
+            num(c.p99_us),
+            num(cpu),
+            c.errors
+        );
+        if let Some(b) = redirected {
+            // Every transaction sends `size` bytes each way (the warm-up's included, as the
+            // counter's are): the share of that payload sk_msg carried.
+            let payload = 2.0 * l.size as f64 * c.transactions_total.max(1) as f64;
+            line.push_str(&format!(
+                ", sk_msg {:.0} % of payload",
+                b as f64 * 100.0 / payload
+            ));
+        }
+        Ok(line)
+    })
+}
+
 /// `--rounds` rounds of `measure` on every system, the order rotated each round.
 fn rounds(
     cfg: &Config,
@@ -302,7 +450,7 @@ fn rounds(
             let line = measure(sys)
                 .with_context(|| format!("{label}, round {}, {}", round + 1, sys.name()))?;
             eprintln!(
-                "  round {}/{} {:<7} {line}  ({:.1} s)",
+                "  round {}/{} {:<16} {line}  ({:.1} s)",
                 round + 1,
                 cfg.rounds,
                 sys.name(),
@@ -355,7 +503,8 @@ fn write_outputs(cfg: &Config, res: &Results, summary: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let json = serde_json::to_string_pretty(&res.json()).context("encode the results")? + "\n";
     let title = format!(
-        "Sluice vs veth vs bridge: latency by percentile ({} mode, {} rounds merged)",
+        "Sluice (socket acceleration on, off) vs veth vs bridge: latency by percentile \
+         ({} mode, {} rounds merged)",
         if cfg.quick { "quick" } else { "full" },
         cfg.rounds
     );

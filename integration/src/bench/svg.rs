@@ -18,6 +18,7 @@ const BOTTOM: f64 = 44.0;
 fn color(system: &str) -> &'static str {
     match system {
         "sluice" => "#1f6fd1",
+        "sluice-nosockmap" => "#17a589",
         "veth" => "#6b6b6b",
         "bridge" => "#e07b00",
         _ => "#aa2222",

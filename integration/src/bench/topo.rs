@@ -1,13 +1,16 @@
-//! The three systems under test, each two "pods" (namespaces) on one node, MTU 1500 everywhere:
+//! The four systems under test, each two "pods" (namespaces) on one node, MTU 1500 everywhere:
 //!
 //! ```text
-//! sluice  client pod ──veth── node (sluice-agent, TC programs) ──veth── server pod
-//! veth    client ns ─────────── one veth pair, no program, no rule ───── server ns
-//! bridge  client pod ──veth── node (cni0, iptables) ─────────────veth── server pod
+//! sluice            client pod ──veth── node (agent: TC + socket programs) ──veth── server pod
+//! sluice-nosockmap  client pod ──veth── node (agent --sockmap=false: TC) ──veth── server pod
+//! veth              client ns ─────── one veth pair, no program, no rule ─────── server ns
+//! bridge            client pod ──veth── node (cni0, iptables) ───────────veth── server pod
 //! ```
-//! Sluice is the integration fixture's [`Node`] with its pods made by the real CNI binary, and
-//! their processes in the node's cgroup as a cluster's pods are, so the agent's defaults
-//! (socket acceleration included) apply. The
+//! Both Sluice systems are the integration fixture's [`Node`], each with its own agent, bpffs
+//! and cgroup, its pods made by the real CNI binary and their processes in its cgroup as a
+//! cluster's pods are. `sluice` runs the agent's defaults (socket acceleration on), so TCP data
+//! between its pods goes socket to socket; `sluice-nosockmap` is the same node with
+//! `--sockmap=false`, so the same traffic takes the TC path only. The
 //! bridge node is what a kubeadm node with the `bridge` conflist looks like: cni0 as the pods'
 //! gateway, `ipMasq` (the plugin adds its own nat rules), hairpin mode, and the FORWARD accept
 //! rules kube-proxy and kubeadm's docs put on such nodes. br_netfilter is built into this
@@ -41,7 +44,7 @@ pub struct Pods<'a> {
 }
 
 pub trait System {
-    /// `sluice`, `veth` or `bridge`: the name in the table and the JSON.
+    /// `sluice`, `sluice-nosockmap`, `veth` or `bridge`: the name in the table and the JSON.
     fn name(&self) -> &'static str;
     fn pods(&self) -> Pods<'_>;
     /// The system's CNI plugin, as its node's runtime execs it; `None` for the bare veth.
@@ -55,6 +58,12 @@ pub trait System {
 
     /// Which paths of the datapath carried the traffic so far, if the system can tell.
     fn path_report(&self) -> Option<String> {
+        None
+    }
+
+    /// Bytes sk_msg handed from socket to socket so far (`sock:redirected`), if the system
+    /// has socket programs.
+    fn redirected_bytes(&self) -> Option<u64> {
         None
     }
 }
@@ -100,13 +109,25 @@ pub struct Sluice {
     client: Pod,
     server: Pod,
     node: Node,
+    name: &'static str,
 }
 
 impl Sluice {
-    /// A node whose agent runs with its defaults plus `agent_args`.
+    /// A node whose agent runs with its defaults plus `agent_args`: socket acceleration on.
     pub fn new(agent_args: &[String]) -> Result<Self> {
+        Self::build("sluice", agent_args.to_vec(), true)
+    }
+
+    /// The same node with `--sockmap=false` added: TCP between its pods takes the TC path.
+    pub fn without_sockmap(agent_args: &[String]) -> Result<Self> {
+        let mut args = agent_args.to_vec();
+        args.push("--sockmap=false".into());
+        Self::build("sluice-nosockmap", args, false)
+    }
+
+    fn build(name: &'static str, agent_args: Vec<String>, sockmap: bool) -> Result<Self> {
         let node = Node::new(NodeOptions {
-            agent_args: agent_args.to_vec(),
+            agent_args,
             ..NodeOptions::default()
         });
         let client = node.add_pod("bench-client");
@@ -115,15 +136,29 @@ impl Sluice {
             client,
             server,
             node,
+            name,
         };
+        // A comparison of acceleration on and off means nothing unless the agents say so.
+        let on = s.status().and_then(|v| v["sockmap"].as_bool());
+        if on != Some(sockmap) {
+            return Err(Error::msg(format!(
+                "{name}: the agent says socket acceleration is {on:?}, the run needs {sockmap}"
+            )));
+        }
         prepare_pods(s.pods())?;
         Ok(s)
+    }
+
+    /// `sluicectl status -o json`.
+    fn status(&self) -> Option<serde_json::Value> {
+        let out = self.node.sluicectl(&["status", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).ok()
     }
 }
 
 impl System for Sluice {
     fn name(&self) -> &'static str {
-        "sluice"
+        self.name
     }
 
     fn pods(&self) -> Pods<'_> {
@@ -134,8 +169,8 @@ impl System for Sluice {
         }
     }
 
-    /// In the node's cgroup, as a pod's containers are: the agent's socket programs (on by
-    /// default) apply to them as they would in a cluster.
+    /// In the node's cgroup, as a pod's containers are: the agent's socket programs (when on)
+    /// apply to them as they would in a cluster.
     fn pod_command(&self, ns: &Netns, program: &OsStr) -> Command {
         self.node.pod_command(ns, program)
     }
@@ -143,8 +178,7 @@ impl System for Sluice {
     /// The datapath's non-zero counters (`sluicectl status`): local-pod redirects by the TC
     /// programs, sockets accelerated and bytes redirected by sk_msg.
     fn path_report(&self) -> Option<String> {
-        let out = self.node.sluicectl(&["status", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let v = self.status()?;
         let counters = v["counters"].as_array()?;
         let parts: Vec<String> = counters
             .iter()
@@ -159,6 +193,18 @@ impl System for Sluice {
             })
             .collect();
         Some(parts.join(", "))
+    }
+
+    fn redirected_bytes(&self) -> Option<u64> {
+        let v = self.status()?;
+        let counters = v["counters"].as_array()?;
+        // A counter that never moved may be absent: none redirected.
+        Some(
+            counters
+                .iter()
+                .find(|c| c["reason"] == "sock:redirected")
+                .map_or(0, |c| c["bytes"].as_u64().unwrap_or(0)),
+        )
     }
 
     fn cni(&self) -> Option<CniPlugin<'_>> {
