@@ -64,7 +64,14 @@ fn main() -> anyhow::Result<()> {
             println!("Uplink:        {} ({})", s.uplink, s.node_ip);
             println!("Pod CIDRs:     {}", s.pod_cidrs.join(", "));
             println!("Masquerade:    {}", if s.masquerade { "on" } else { "off" });
-            println!("Sock accel:    {}", if s.sockmap { "on (sockops + sk_msg)" } else { "off" });
+            println!(
+                "Sock accel:    {}",
+                if s.sockmap {
+                    "on (sockops + sk_msg)"
+                } else {
+                    "off"
+                }
+            );
             println!("Endpoints:     {}", s.endpoints);
             println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
             println!(
