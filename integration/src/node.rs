@@ -478,6 +478,44 @@ impl Node {
         v
     }
 
+    /// `sluicectl ARGS -o json` in the node namespace, parsed; panics with its output if it
+    /// fails or does not print JSON.
+    pub fn sluicectl_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.sluicectl(&all);
+        assert!(
+            out.status.success(),
+            "sluicectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "sluicectl {args:?} is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// One datapath counter from `sluicectl status`: (packets, bytes). A reason the status does
+    /// not list counts as zero.
+    pub fn counter(&self, reason: &str) -> (u64, u64) {
+        let v = self.sluicectl_json(&["status"]);
+        let counters = v["counters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no counters in {v}"));
+        counters
+            .iter()
+            .find(|c| c["reason"] == reason)
+            .map_or((0, 0), |c| {
+                let n = |k: &str| {
+                    c[k].as_u64()
+                        .unwrap_or_else(|| panic!("no number {k} in {c}"))
+                };
+                (n("packets"), n("bytes"))
+            })
+    }
+
     /// Runs `sluicectl ARGS --state-dir <state>` in the node namespace.
     pub fn sluicectl(&self, args: &[&str]) -> std::process::Output {
         self.node

@@ -51,27 +51,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// `sluicectl ARGS -o json` on the node, parsed; panics with stderr if it fails.
-fn sluicectl_json(node: &Node, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = node.sluicectl(&all);
-    assert!(
-        out.status.success(),
-        "sluicectl {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "sluicectl {args:?} is not JSON ({e}): {}",
-            text(&out.stdout)
-        )
-    })
-}
-
 /// Pod names listed by `sluicectl endpoints`, sorted.
 fn endpoint_pods(node: &Node) -> Vec<String> {
-    let v = sluicectl_json(node, &["endpoints"]);
+    let v = node.sluicectl_json(&["endpoints"]);
     let mut names: Vec<String> = v
         .as_array()
         .unwrap_or_else(|| panic!("endpoints is not a list: {v}"))
@@ -282,7 +264,7 @@ fn agent_sigkill_mid_stream_keeps_forwarding_and_restart_adopts_pins() {
         log.contains(&format!("adopted_maps={maps}")),
         "the restarted agent did not adopt the {maps} pinned maps:\n{log}"
     );
-    let status = sluicectl_json(&node, &["status"]);
+    let status = node.sluicectl_json(&["status"]);
     assert_eq!(status["adoptedMaps"], maps, "{status}");
     assert_eq!(status["datapathLoaded"], true, "{status}");
     assert_eq!(endpoint_pods(&node), ["a", "b"]);
@@ -562,13 +544,13 @@ fn help_explains_every_flag() {
 #[test]
 fn sluicectl_status_reports_datapath_and_endpoints() {
     let node = Node::new(NodeOptions::default());
-    let s = sluicectl_json(&node, &["status"]);
+    let s = node.sluicectl_json(&["status"]);
     assert_eq!(s["datapathLoaded"], true, "{s}");
     assert_eq!(s["endpoints"], 0, "{s}");
     assert_eq!(s["adoptedMaps"], 0, "fresh node adopted maps: {s}");
     let _a = node.add_pod("a");
     let _b = node.add_pod("b");
-    let s = sluicectl_json(&node, &["status"]);
+    let s = node.sluicectl_json(&["status"]);
     assert_eq!(s["datapathLoaded"], true, "{s}");
     assert_eq!(s["podCidrs"], serde_json::json!([DEFAULT_POD_CIDR]), "{s}");
     assert_eq!(s["endpoints"], 2, "{s}");

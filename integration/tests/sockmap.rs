@@ -167,25 +167,8 @@ struct Accel {
 
 impl Accel {
     fn read(node: &Node) -> Self {
-        let out = node.sluicectl(&["status", "-o", "json"]);
-        assert!(
-            out.status.success(),
-            "sluicectl status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-        // Counters that are still zero are not listed.
-        let get = |reason: &str| {
-            v["counters"]
-                .as_array()
-                .expect("counters")
-                .iter()
-                .find(|c| c["reason"] == reason)
-                .map(|c| (num(c, "packets"), num(c, "bytes")))
-                .unwrap_or((0, 0))
-        };
-        let (sockets, _) = get("sock:accelerated");
-        let (messages, bytes) = get("sock:redirected");
+        let (sockets, _) = node.counter("sock:accelerated");
+        let (messages, bytes) = node.counter("sock:redirected");
         Self {
             sockets,
             messages,

@@ -5,19 +5,6 @@ use std::process::Stdio;
 
 use integration::{Node, NodeOptions};
 
-fn counter(node: &Node, reason: &str) -> (u64, u64) {
-    let out = node.sluicectl(&["status", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    let c = v["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["reason"] == reason)
-        .cloned();
-    let c = c.unwrap_or_else(|| panic!("no counter {reason} in {v}"));
-    (c["packets"].as_u64().unwrap(), c["bytes"].as_u64().unwrap())
-}
-
 /// Test that a 1 MiB transfer between two pods in the agent's cgroup is accelerated (both
 /// sockets enter the sockhash, the payload is redirected by sk_msg) and arrives byte for byte.
 #[test]
@@ -53,8 +40,8 @@ fn pod_to_pod_transfer_is_accelerated_and_intact() {
     let got = std::fs::read(&out_file).unwrap();
     assert_eq!(got.len(), data.len(), "length differs");
     assert!(got == data, "payload differs");
-    let (accelerated, _) = counter(&node, "sock:accelerated");
-    let (_, redirected_bytes) = counter(&node, "sock:redirected");
+    let (accelerated, _) = node.counter("sock:accelerated");
+    let (_, redirected_bytes) = node.counter("sock:redirected");
     assert!(accelerated >= 2, "sockets not accelerated: {accelerated}");
     assert!(
         redirected_bytes >= data.len() as u64,

@@ -126,21 +126,9 @@ fn in_pod_cidr(ip: Ipv4Addr) -> bool {
     (a, b, c) == (10, 250, 0)
 }
 
-fn sluicectl_json(node: &Node, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = node.sluicectl(&all);
-    assert!(
-        out.status.success(),
-        "sluicectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("sluicectl output is JSON")
-}
-
 /// Labels of every endpoint, by `namespace/pod`, from `sluicectl endpoints -o json`.
 fn endpoint_labels(node: &Node) -> BTreeMap<String, BTreeMap<String, String>> {
-    let v = sluicectl_json(node, &["endpoints"]);
+    let v = node.sluicectl_json(&["endpoints"]);
     v.as_array()
         .unwrap_or_else(|| panic!("endpoints is not a list: {v}"))
         .iter()
@@ -215,7 +203,7 @@ fn standalone_pod_cidr_from_node_manifest() {
         conf["plugins"][0]["podCIDRs"],
         serde_json::json!([POD_CIDR])
     );
-    let s = sluicectl_json(&node, &["status"]);
+    let s = node.sluicectl_json(&["status"]);
     assert_eq!(s["podCidrs"], serde_json::json!([POD_CIDR]), "{s}");
     assert_eq!(
         s["manifests"],
@@ -450,7 +438,7 @@ fn standalone_broken_manifest_does_not_crash_agent() {
         ],
     );
     assert!(agent_alive(&node), "agent died:\n{}", node.agent_log());
-    let s = sluicectl_json(&node, &["status"]);
+    let s = node.sluicectl_json(&["status"]);
     assert_eq!(s["datapathLoaded"], true, "{s}");
     assert!(late.ping(web.ip), "pods cannot reach each other");
 }
