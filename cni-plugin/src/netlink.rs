@@ -320,13 +320,7 @@ pub fn in_netns<T: Send>(
     })
 }
 
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn mac_string(m: [u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
+pub use datapath_common::user::mac_string;
 
 pub use datapath_common::user::host_veth_name;
 

@@ -104,7 +104,6 @@ impl api::Handler for Shared {
                     .pod(&e.namespace, &e.name)
                     .and_then(|p| p.metadata.labels.clone())
                     .unwrap_or_default();
-                let m = e.value.pod_mac;
                 api::Endpoint {
                     host_veth: nix::net::if_::if_indextoname(e.value.ifindex)
                         .map(|n| n.to_string_lossy().into_owned())
@@ -113,10 +112,7 @@ impl api::Handler for Shared {
                     pod: e.name,
                     address: e.addr.to_string(),
                     ifindex: e.value.ifindex,
-                    mac: format!(
-                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                        m[0], m[1], m[2], m[3], m[4], m[5]
-                    ),
+                    mac: user::mac_string(e.value.pod_mac),
                     container_id: e.container_id,
                     ifname: e.ifname,
                     labels,

@@ -160,12 +160,7 @@ impl Endpoints {
             (endpoint::MAP_NAME, self.eps.remove(&k)),
             (endpoint::META_MAP_NAME, self.meta.remove(&k)),
         ] {
-            match r {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc_enoent()) => {}
-                Err(e) => return Err(self.err(name, e)),
-            }
+            absent_is_ok(r).map_err(|e| self.err(name, e))?;
         }
         Ok(())
     }
@@ -213,8 +208,27 @@ impl Endpoints {
     }
 }
 
-const fn libc_enoent() -> i32 {
-    2
+/// A map delete whose key was already gone counts as done (DEL and GC are idempotent).
+fn absent_is_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    const ENOENT: i32 = 2;
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(m: [u8; 6]) -> String {
+    std::format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5]
+    )
 }
 
 /// Builds an endpoint's metadata record.
@@ -263,16 +277,10 @@ impl PodNamespaces {
 
     /// Removes an entry; a missing one is not an error.
     pub fn remove(&mut self, cookie: u64) -> Result<(), PinError> {
-        match self.map.remove(&cookie) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc_enoent()) => {
-                Ok(())
-            }
-            Err(source) => Err(PinError {
-                path: self.path.clone(),
-                source,
-            }),
-        }
+        absent_is_ok(self.map.remove(&cookie)).map_err(|source| PinError {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
