@@ -15,7 +15,7 @@
 //! the agent down.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, BTreeSet, HashSet},
     fs::File,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
@@ -544,46 +544,41 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();
     let mut errors = Vec::new();
-    let mut stale: Vec<(String, String)> = Vec::new();
+    let is_stale = |cid: &str, ifname: &str| !keep.contains(&(cid, ifname));
+    let mut stale: BTreeSet<(String, String)> = BTreeSet::new();
     if !conf.pod_cidrs.is_empty() {
         match ipam_store(conf).and_then(|s| s.list().map_err(CniError::from)) {
-            Ok(allocs) => {
-                for a in allocs {
-                    let id = (a.owner.container_id.clone(), a.owner.ifname.clone());
-                    if !keep.contains(&(id.0.as_str(), id.1.as_str())) && !stale.contains(&id) {
-                        stale.push(id);
-                    }
-                }
-            }
+            Ok(allocs) => stale.extend(
+                allocs
+                    .into_iter()
+                    .filter(|a| is_stale(&a.owner.container_id, &a.owner.ifname))
+                    .map(|a| (a.owner.container_id, a.owner.ifname)),
+            ),
             Err(e) => errors.push(e),
         }
     }
-    // Endpoints recorded in the datapath without an IPAM record (an interrupted ADD).
-    if let Ok(eps) = user::Endpoints::open(&conf.bpffs) {
-        if let Ok(list) = eps.list() {
-            for e in list {
-                let id = (e.container_id.clone(), e.ifname.clone());
-                if !id.0.is_empty()
-                    && !keep.contains(&(id.0.as_str(), id.1.as_str()))
-                    && !stale.contains(&id)
-                {
-                    stale.push(id);
-                }
-            }
+    // Endpoints recorded in the datapath, also those without an IPAM record (an interrupted
+    // ADD): listed once, removed by address after the attachment's teardown.
+    let mut eps = user::Endpoints::open(&conf.bpffs).ok();
+    let mut stale_addrs: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
+    if let Some(list) = eps.as_ref().and_then(|e| e.list().ok()) {
+        for e in list
+            .into_iter()
+            .filter(|e| is_stale(&e.container_id, &e.ifname))
+        {
+            stale_addrs
+                .entry((e.container_id, e.ifname))
+                .or_default()
+                .push(e.addr);
         }
     }
-    for (cid, ifname) in &stale {
-        teardown(conf, cid, ifname, &mut errors);
-        // Entries without IPAM records are removed by address here.
-        if let Ok(mut eps) = user::Endpoints::open(&conf.bpffs) {
-            if let Ok(list) = eps.list() {
-                for e in list
-                    .into_iter()
-                    .filter(|e| &e.container_id == cid && &e.ifname == ifname)
-                {
-                    if let Err(err) = eps.remove(e.addr) {
-                        errors.push(dp_err("remove endpoint", err));
-                    }
+    stale.extend(stale_addrs.keys().cloned());
+    for id in &stale {
+        teardown(conf, &id.0, &id.1, &mut errors);
+        if let (Some(eps), Some(addrs)) = (eps.as_mut(), stale_addrs.get(id)) {
+            for addr in addrs {
+                if let Err(err) = eps.remove(*addr) {
+                    errors.push(dp_err("remove endpoint", err));
                 }
             }
         }
