@@ -9,3 +9,4 @@ pub mod datapath;
 pub mod manifests;
 pub mod model;
 pub mod node;
+pub mod services;
