@@ -7,7 +7,7 @@ pub const FAMILY_V6: u8 = 6;
 
 /// An IP address as a map key: 20 bytes, IPv4 in the first four bytes of `addr`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpKey {
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,

@@ -7,6 +7,9 @@ pub const MAX_ENTRIES: u32 = 1;
 
 /// Masquerade traffic from pods to addresses outside the cluster.
 pub const FLAG_MASQUERADE: u32 = 1 << 0;
+/// Services are programmed: `sl_from_pod` looks up replies to translate back (skipped, with
+/// its map lookup, on a node without services).
+pub const FLAG_SERVICES: u32 = 1 << 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

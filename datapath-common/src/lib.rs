@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nat;
 pub mod pins;
 pub mod sock;
+pub mod svc;
 #[cfg(feature = "user")]
 pub mod user;
 
@@ -34,4 +35,12 @@ user_pod!(
     nat::Tuple,
     nat::Binding,
     sock::SockKey,
+    svc::Key,
+    svc::Value,
+    svc::BackendKey,
+    svc::Backend,
+    svc::AffinityKey,
+    svc::Affinity,
+    svc::SockRevKey,
+    svc::Xlate,
 );

@@ -26,6 +26,13 @@ pub const DROP_NAT_NO_PORT: u32 = 5;
 pub const DROP_NO_CONFIG: u32 = 6;
 /// IP fragments from a pod to a masqueraded destination (no L4 ports to translate).
 pub const DROP_FRAGMENT: u32 = 7;
+/// A Service with no ready endpoint: the connection or packet was refused.
+pub const DROP_NO_BACKEND: u32 = 8;
+/// A TCP packet to a pod address of this node that no longer exists (a removed backend): a
+/// reset was sent back instead of letting the connection hang.
+pub const DROP_DEAD_ENDPOINT: u32 = 9;
+/// The load-balancer translation table was full.
+pub const DROP_LB_TABLE_FULL: u32 = 10;
 
 /// First index of the forwarding counters.
 pub const FWD_BASE: u32 = 32;
@@ -42,6 +49,12 @@ pub const FWD_REV_SNAT: u32 = 35;
 pub const SOCK_ACCELERATED: u32 = 36;
 /// Messages and bytes handed from socket to socket by sk_msg.
 pub const SOCK_REDIRECTED: u32 = 37;
+/// Connections and datagrams sent to a Service translated at the socket (no per-packet NAT).
+pub const SVC_SOCK_LB: u32 = 38;
+/// Packets to a Service translated in TC (did not pass a hooked socket).
+pub const SVC_TC_DNAT: u32 = 39;
+/// Replies from a backend translated back to the Service address in TC.
+pub const SVC_TC_REVNAT: u32 = 40;
 
 /// Human names of the reasons, for the CLI: (index, name).
 pub const NAMES: &[(u32, &str)] = &[
@@ -52,10 +65,16 @@ pub const NAMES: &[(u32, &str)] = &[
     (DROP_NAT_NO_PORT, "drop:nat-no-port"),
     (DROP_NO_CONFIG, "drop:no-config"),
     (DROP_FRAGMENT, "drop:fragment"),
+    (DROP_NO_BACKEND, "drop:service-no-backend"),
+    (DROP_DEAD_ENDPOINT, "drop:dead-endpoint-reset"),
+    (DROP_LB_TABLE_FULL, "drop:lb-table-full"),
     (FWD_LOCAL_POD, "fwd:local-pod"),
     (FWD_STACK, "fwd:stack"),
     (FWD_SNAT, "fwd:snat"),
     (FWD_REV_SNAT, "fwd:rev-snat"),
     (SOCK_ACCELERATED, "sock:accelerated"),
     (SOCK_REDIRECTED, "sock:redirected"),
+    (SVC_SOCK_LB, "svc:socket-lb"),
+    (SVC_TC_DNAT, "svc:tc-dnat"),
+    (SVC_TC_REVNAT, "svc:tc-revnat"),
 ];

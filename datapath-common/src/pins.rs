@@ -28,6 +28,14 @@ pub const PROG_SK_MSG: &str = "sl_sk_msg";
 pub const LINKS_DIR: &str = "sluice/links";
 pub const LINK_SOCKOPS: &str = "sockops";
 
+/// Socket-level service load balancing on the agent's cgroup: (program, link pin name).
+pub const SOCK_LB_PROGRAMS: &[(&str, &str)] = &[
+    ("sl_sock4_conn", "sock4_connect"),
+    ("sl_sock4_send", "sock4_sendmsg"),
+    ("sl_sock4_recv", "sock4_recvmsg"),
+    ("sl_sock4_peer", "sock4_getpeername"),
+];
+
 /// cls_bpf priority and handle of Sluice's filters (netlink attachment: the filter lives as long
 /// as the interface, with no process or pin holding it, so it survives agent restarts and goes
 /// away with the pod's veth).
@@ -42,6 +50,7 @@ mod tests {
         for p in super::PROGRAMS
             .iter()
             .chain(&[super::PROG_SOCKOPS, super::PROG_SK_MSG])
+            .chain(super::SOCK_LB_PROGRAMS.iter().map(|(p, _)| p))
         {
             assert!(p.len() <= 15, "{p} is longer than 15 characters");
         }
@@ -54,6 +63,13 @@ mod tests {
             crate::nat::REV_MAP_NAME,
             crate::sock::MAP_NAME,
             crate::sock::PODNS_MAP_NAME,
+            crate::svc::MAP_NAME,
+            crate::svc::BACKEND_MAP_NAME,
+            crate::svc::MAGLEV_MAP_NAME,
+            crate::svc::AFFINITY_MAP_NAME,
+            crate::svc::SOCK_REV_MAP_NAME,
+            crate::svc::COUNTER_MAP_NAME,
+            crate::svc::CT_MAP_NAME,
         ] {
             assert!(m.len() <= 15, "{m} is longer than 15 characters");
         }

@@ -209,7 +209,7 @@ impl Endpoints {
 }
 
 /// A map delete whose key was already gone counts as done (DEL and GC are idempotent).
-fn absent_is_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+pub fn absent_is_ok(r: Result<(), MapError>) -> Result<(), MapError> {
     const ENOENT: i32 = 2;
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
