@@ -5,13 +5,28 @@
 //! goes to the node's stack, which routes it and, for the outside, the uplink program
 //! masquerades it. A packet whose source address is not the sending pod's own is dropped, so a
 //! pod cannot impersonate another.
+//!
+//! Services: a packet to a Service frontend that did not pass a hooked socket (a process
+//! outside the agent's cgroup) is translated here ([`crate::lb`]); a backend's reply to such a
+//! flow is translated back before it is delivered. A TCP segment to a pod address of this
+//! node that no longer exists, or to a Service with no endpoint, is answered with a reset
+//! ([`crate::reset`]).
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
-use datapath_common::{addr::IpKey, metrics};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT as SHOT, helpers::generated::bpf_redirect_neigh, macros::classifier,
+    programs::TcContext,
+};
+use datapath_common::{addr::IpKey, config, metrics, svc};
 
 use crate::{
-    maps::ENDPOINTS,
-    skb::{count, deliver_local, drop, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, TC_ACT_UNSPEC},
+    l4::{l4_of, ICMP_ECHO_REQUEST},
+    lb,
+    maps::{CONFIG, ENDPOINTS},
+    reset::reset_to_pod,
+    skb::{
+        count, deliver_or_stack, drop, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP,
+        IPPROTO_UDP, TC_ACT_UNSPEC,
+    },
 };
 
 #[classifier]
@@ -38,10 +53,70 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
         _ => return Err(drop(ctx, metrics::DROP_SPOOFED_SOURCE)),
     }
 
-    if let Some(dst) = unsafe { ENDPOINTS.get(IpKey::v4(daddr)) } {
-        let ep = *dst;
-        return Ok(deliver_local(ctx, &ep));
+    let Some(cfg) = CONFIG.get(0) else {
+        return Ok(deliver_or_stack(ctx, daddr));
+    };
+    let hdr = unsafe { *ip };
+    if cfg.flags & config::FLAG_SERVICES == 0
+        || (hdr.proto != IPPROTO_TCP && hdr.proto != IPPROTO_UDP)
+        || hdr.is_fragment()
+    {
+        return Ok(deliver_or_dead(ctx, cfg, &hdr, ifindex));
     }
-    count(metrics::FWD_STACK, ctx.len());
-    Ok(TC_ACT_UNSPEC)
+    Ok(services(ctx, cfg, &hdr, ifindex))
+}
+
+/// Service translation of a TCP or UDP packet from a pod: a backend's reply put back to the
+/// frontend, or a packet to a frontend sent to a backend.
+#[inline(always)]
+fn services(ctx: &TcContext, cfg: &config::NodeConfig, hdr: &Ipv4Hdr, ifindex: u32) -> i32 {
+    let Some(l4) = l4_of(ctx, hdr, ICMP_ECHO_REQUEST) else {
+        return deliver_or_dead(ctx, cfg, hdr, ifindex);
+    };
+    // A backend answering a translated flow: put the frontend back.
+    let r = lb::reply(ctx, hdr, &l4);
+    if r == lb::DROPPED {
+        return SHOT as i32;
+    }
+    if r >= 0 {
+        count(metrics::SVC_TC_REVNAT, ctx.len());
+        if r & lb::TO_UPLINK != 0 {
+            // The source is now a node address: the stack would drop it as a martian, so it
+            // goes out of the uplink with the neighbour resolved by the kernel (≥ 5.10).
+            return unsafe {
+                bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) as i32
+            };
+        }
+        return deliver_or_stack(ctx, lb::daddr_of(r));
+    }
+    if unsafe { ENDPOINTS.get(IpKey::v4(hdr.daddr)) }.is_none() {
+        match lb::forward(ctx, cfg, hdr, &l4, svc::SCOPE_INTERNAL) {
+            lb::MISS => {}
+            lb::NO_BACKEND => {
+                return reset_to_pod(ctx, ifindex, true, metrics::DROP_NO_BACKEND);
+            }
+            lb::DROPPED => return SHOT as i32,
+            to => {
+                if lb::apply_chosen(ctx, hdr, &l4).is_err() {
+                    return SHOT as i32;
+                }
+                count(metrics::SVC_TC_DNAT, ctx.len());
+                return deliver_or_stack(ctx, lb::daddr_of(to));
+            }
+        }
+    }
+    deliver_or_dead(ctx, cfg, hdr, ifindex)
+}
+
+/// Like [`deliver_or_stack`], but a TCP segment to a pod address of this node with no pod
+/// behind it (a removed backend) is answered with a reset.
+#[inline(always)]
+fn deliver_or_dead(ctx: &TcContext, cfg: &config::NodeConfig, ip: &Ipv4Hdr, ifindex: u32) -> i32 {
+    if unsafe { ENDPOINTS.get(IpKey::v4(ip.daddr)) }.is_none()
+        && ip.proto == IPPROTO_TCP
+        && cfg.in_pod_cidr4(ip.daddr)
+    {
+        return reset_to_pod(ctx, ifindex, true, metrics::DROP_DEAD_ENDPOINT);
+    }
+    deliver_or_stack(ctx, ip.daddr)
 }

@@ -3,16 +3,22 @@
 //! path: pod-to-pod traffic on one node is handed from one veth straight into the other pod's
 //! namespace, and traffic leaving for the outside is masqueraded here.
 //!
-//! One module per hook: [`lxc`] (packets from a pod), [`uplink`] (masquerade on the node's
-//! uplink), [`sock`] (same-node TCP short-circuited from socket to socket). Shared helpers (bounds-checked header access, counters) live in [`skb`], the maps
+//! One module per hook: [`lxc`] (packets from a pod), [`uplink`] (masquerade and external
+//! service traffic on the node's uplink), [`sock`] (same-node TCP short-circuited from socket
+//! to socket), [`sock_lb`] (Services load-balanced at connect time); [`lb`] and [`reset`] are
+//! the service translation and TCP resets they share. Shared helpers (bounds-checked header access, counters) live in [`skb`], the maps
 //! in [`maps`].
 #![no_std]
 #![no_main]
 
+mod l4;
+mod lb;
 mod lxc;
 mod maps;
+mod reset;
 mod skb;
 mod sock;
+mod sock_lb;
 mod uplink;
 
 #[cfg(not(test))]

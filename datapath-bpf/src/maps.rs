@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, sock};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, sock, svc};
 
 #[map(name = "SL_CFG_V1")]
 pub static CONFIG: Array<config::NodeConfig> = Array::pinned(config::MAX_ENTRIES, 0);
@@ -34,3 +34,46 @@ pub static SOCKHASH: SockHash<sock::SockKey> = SockHash::pinned(sock::MAX_ENTRIE
 
 #[map(name = "SL_PODNS_V1")]
 pub static POD_NAMESPACES: HashMap<u64, u32> = HashMap::pinned(sock::PODNS_MAX_ENTRIES, 0);
+
+#[map(name = "SL_SVC_V1")]
+pub static SERVICES: HashMap<svc::Key, svc::Value> = HashMap::pinned(svc::MAX_ENTRIES, 0);
+
+#[map(name = "SL_BE_V1")]
+pub static BACKENDS: HashMap<svc::BackendKey, svc::Backend> =
+    HashMap::pinned(svc::BACKEND_MAX_ENTRIES, 0);
+
+/// Allocated on use (`BPF_F_NO_PREALLOC`): most services have no Maglev table.
+#[map(name = "SL_MAGLEV_V1")]
+pub static MAGLEV: HashMap<u32, [u16; svc::MAGLEV_M]> =
+    HashMap::pinned(svc::MAGLEV_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "SL_AFF_V1")]
+pub static AFFINITY: LruHashMap<svc::AffinityKey, svc::Affinity> =
+    LruHashMap::pinned(svc::AFFINITY_MAX_ENTRIES, 0);
+
+#[map(name = "SL_SKREV_V1")]
+pub static SOCK_REV: LruHashMap<svc::SockRevKey, svc::Backend> =
+    LruHashMap::pinned(svc::SOCK_REV_MAX_ENTRIES, 0);
+
+#[map(name = "SL_SVCCNT_V1")]
+pub static SVC_COUNTERS: PerCpuArray<metrics::Counter> = PerCpuArray::pinned(svc::MAX_IDS, 0);
+
+#[map(name = "SL_LBCT_V1")]
+pub static LB_CT: LruHashMap<nat::Tuple, svc::Xlate> = LruHashMap::pinned(svc::CT_MAX_ENTRIES, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Per-CPU scratch space for TC service translation: the structs a new flow needs would not
+/// fit the 512-byte BPF stack beside the caller's frame. Not pinned: nothing outlives a packet.
+#[repr(C)]
+pub struct LbScratch {
+    pub tuple: nat::Tuple,
+    pub reply: nat::Tuple,
+    pub fwd: svc::Xlate,
+    pub rev: svc::Xlate,
+    pub aff: svc::AffinityKey,
+    pub aff_val: svc::Affinity,
+}
+
+#[map(name = "SL_LBSCR")]
+pub static LB_SCRATCH: PerCpuArray<LbScratch> = PerCpuArray::with_max_entries(1, 0);

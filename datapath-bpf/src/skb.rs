@@ -132,3 +132,16 @@ pub fn deliver_local(ctx: &TcContext, ep: &endpoint::Value) -> i32 {
     count(metrics::FWD_LOCAL_POD, ctx.len());
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }
+
+/// Delivers to the local pod at `daddr`, or passes the packet to the node's stack.
+#[inline(always)]
+pub fn deliver_or_stack(ctx: &TcContext, daddr: [u8; 4]) -> i32 {
+    if let Some(dst) =
+        unsafe { crate::maps::ENDPOINTS.get(datapath_common::addr::IpKey::v4(daddr)) }
+    {
+        let ep = *dst;
+        return deliver_local(ctx, &ep);
+    }
+    count(metrics::FWD_STACK, ctx.len());
+    TC_ACT_UNSPEC
+}

@@ -10,118 +10,26 @@
 //! owns it, which makes concurrent allocation on several CPUs safe without locks.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::bpf_get_prandom_u32,
     macros::classifier,
     programs::TcContext,
 };
-use datapath_common::{config, metrics, nat};
+use datapath_common::{config, metrics, nat, svc};
 
 use crate::{
+    l4::{l4_of, rewrite, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4},
+    lb,
     maps::{CONFIG, REV_SNAT, SNAT},
+    reset::reset_to_pod,
     skb::{
-        count, drop, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TC_ACT_UNSPEC,
+        count, deliver_or_stack, drop, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP,
+        IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, TC_ACT_UNSPEC,
     },
 };
 
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO_REQUEST: u8 = 8;
 /// Ports tried before giving up on a flow (the drop is counted as `drop:nat-no-port`).
 const PORT_TRIES: u32 = 32;
-
-/// Where a flow's "ports" sit: TCP/UDP ports, or the ICMP echo identifier.
-struct L4 {
-    /// Offset of the L4 header.
-    off: usize,
-    /// Offset of the L4 checksum.
-    csum_off: usize,
-    /// Whether the checksum covers the IP pseudo-header (TCP, UDP).
-    pseudo: bool,
-    /// Extra checksum flags (UDP: a zero checksum means "none" and must stay zero).
-    csum_flags: u64,
-    /// Network order.
-    sport: u16,
-    dport: u16,
-}
-
-/// Reads the L4 identifiers of an IPv4 packet; `None` for what masquerade leaves alone.
-#[inline(always)]
-fn l4_of(ctx: &TcContext, ip: &Ipv4Hdr, icmp_type: u8) -> Option<L4> {
-    let off = ETH_HLEN + ip.header_len();
-    match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u16; 2] = ctx.load(off).ok()?;
-            let tcp = ip.proto == IPPROTO_TCP;
-            Some(L4 {
-                off,
-                csum_off: off + if tcp { 16 } else { 6 },
-                pseudo: true,
-                csum_flags: if tcp { 0 } else { BPF_F_MARK_MANGLED_0 as u64 },
-                sport: ports[0],
-                dport: ports[1],
-            })
-        }
-        IPPROTO_ICMP => {
-            let ty: u8 = ctx.load(off).ok()?;
-            if ty != icmp_type {
-                return None;
-            }
-            let id: u16 = ctx.load(off + 4).ok()?;
-            // Egress: the id plays the source port; replies carry it as the destination port.
-            let (sport, dport) = if icmp_type == ICMP_ECHO_REQUEST {
-                (id, 0)
-            } else {
-                (0, id)
-            };
-            Some(L4 {
-                off,
-                csum_off: off + 2,
-                pseudo: false,
-                csum_flags: 0,
-                sport,
-                dport,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// Rewrites one address (at `addr_off`) and one port (at `port_off`) with checksum fixes.
-#[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
-    l4: &L4,
-    addr_off: usize,
-    old_addr: [u8; 4],
-    new_addr: [u8; 4],
-    port_off: usize,
-    old_port: u16,
-    new_port: u16,
-) -> Result<(), i64> {
-    let (oa, na) = (
-        u32::from_ne_bytes(old_addr) as u64,
-        u32::from_ne_bytes(new_addr) as u64,
-    );
-    ctx.l3_csum_replace(ETH_HLEN + IP_CSUM_OFF, oa, na, 4)?;
-    if l4.pseudo {
-        ctx.l4_csum_replace(
-            l4.csum_off,
-            oa,
-            na,
-            BPF_F_PSEUDO_HDR as u64 | l4.csum_flags | 4,
-        )?;
-    }
-    ctx.l4_csum_replace(
-        l4.csum_off,
-        old_port as u64,
-        new_port as u64,
-        l4.csum_flags | 2,
-    )?;
-    ctx.store(addr_off, &new_addr, 0)?;
-    ctx.store(port_off, &new_port, 0)?;
-    Ok(())
-}
 
 #[classifier]
 pub fn sl_up_egress(ctx: TcContext) -> i32 {
@@ -245,10 +153,49 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
     }
     let ip = unsafe { *ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(TC_ACT_UNSPEC)? };
     let cfg = CONFIG.get(0).ok_or(TC_ACT_UNSPEC)?;
-    if ip.daddr != cfg.node_ip4 || ip.is_fragment() {
+    if ip.is_fragment() {
         return Ok(TC_ACT_UNSPEC);
     }
-    let Some(l4) = l4_of(ctx, &ip, ICMP_ECHO_REPLY) else {
+    if cfg.flags & config::FLAG_SERVICES != 0
+        && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
+    {
+        if let Some(l4) = l4_of(ctx, &ip, ICMP_ECHO_REPLY) {
+            // NodePorts, external and load-balancer IPs, reached from outside the node.
+            match lb::forward(ctx, cfg, &ip, &l4, svc::SCOPE_EXTERNAL) {
+                lb::MISS => {}
+                lb::NO_BACKEND => {
+                    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+                    return Ok(reset_to_pod(ctx, ifindex, false, metrics::DROP_NO_BACKEND));
+                }
+                lb::DROPPED => return Err(aya_ebpf::bindings::TC_ACT_SHOT as i32),
+                to => {
+                    if lb::apply_chosen(ctx, &ip, &l4).is_err() {
+                        return Err(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+                    }
+                    count(metrics::SVC_TC_DNAT, ctx.len());
+                    return Ok(deliver_or_stack(ctx, lb::daddr_of(to)));
+                }
+            }
+        }
+    }
+    if ip.daddr != cfg.node_ip4 {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    Ok(rev_masquerade(ctx, &ip))
+}
+
+/// Maps a reply to a masqueraded flow back to its pod. A BPF subprogram: its rewrite's
+/// temporaries stay off the frame the service path shares its stack budget with.
+#[inline(never)]
+fn rev_masquerade(ctx: &TcContext, ip: &Ipv4Hdr) -> i32 {
+    match try_rev_masquerade(ctx, ip) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn try_rev_masquerade(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<i32, i32> {
+    let Some(l4) = l4_of(ctx, ip, ICMP_ECHO_REPLY) else {
         return Ok(TC_ACT_UNSPEC);
     };
     let reply = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
