@@ -4,9 +4,9 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 use datapath_common::{config, nat, user};
 use ipnetwork::IpNetwork;
 
-use crate::{api, cni_install, datapath, manifests, model::ClusterState, node};
+use crate::{api, cni_install, datapath, lb, manifests, model::ClusterState, node, services};
 
 /// Everything the agent was told on its command line, resolved to concrete values.
 #[derive(Debug, Clone)]
@@ -33,6 +33,9 @@ pub struct Settings {
     pub mtu: Option<u32>,
     /// Accelerate same-node TCP with sockops + sk_msg on `cgroup_root`.
     pub sockmap: bool,
+    /// Choose Service backends by Maglev consistent hashing unless a Service's
+    /// `sluice.dev/lb-algorithm` annotation says otherwise (default: random).
+    pub maglev: bool,
 }
 
 struct Shared {
@@ -43,6 +46,17 @@ struct Shared {
     adopted_maps: usize,
     started: Instant,
     cluster: RwLock<Arc<ClusterState>>,
+    lb: Mutex<LbState>,
+}
+
+/// The service load balancer's state: the maps, what was last computed, and from what.
+struct LbState {
+    maps: lb::ServiceMaps,
+    frontends: Vec<services::Frontend>,
+    /// The inputs of the last computation: recompute only when one changes.
+    last_cluster: Option<Arc<ClusterState>>,
+    last_pods: BTreeMap<(String, String), IpAddr>,
+    cfg: config::NodeConfig,
 }
 
 impl api::Handler for Shared {
@@ -88,6 +102,48 @@ impl api::Handler for Shared {
             uptime_seconds: self.started.elapsed().as_secs(),
             counters,
         })
+    }
+
+    fn services(&self) -> anyhow::Result<Vec<api::ServiceFrontend>> {
+        let st = self
+            .lb
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lb lock poisoned"))?;
+        Ok(st
+            .frontends
+            .iter()
+            .map(|f| {
+                let id = st.maps.id_of(f).unwrap_or(0);
+                api::ServiceFrontend {
+                    service: format!("{}/{}", f.namespace, f.service),
+                    port_name: f.port_name.clone(),
+                    kind: format!("{:?}", f.kind),
+                    frontend: format!(
+                        "{}:{}/{}",
+                        f.addr,
+                        f.port,
+                        format!("{:?}", f.proto).to_uppercase()
+                    ),
+                    scope: format!("{:?}", f.scope).to_lowercase(),
+                    id,
+                    algorithm: if f.maglev { "maglev" } else { "random" }.into(),
+                    affinity_timeout_seconds: f.affinity_timeout,
+                    snat: f.snat,
+                    backends: f
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let local = if b.local { " (local)" } else { "" };
+                            match b.addr {
+                                IpAddr::V4(a) => format!("{a}:{}{local}", b.port),
+                                IpAddr::V6(a) => format!("[{a}]:{}{local}", b.port),
+                            }
+                        })
+                        .collect(),
+                    translations: if id == 0 { 0 } else { st.maps.counter(id) },
+                }
+            })
+            .collect())
     }
 
     fn endpoints(&self) -> anyhow::Result<Vec<api::Endpoint>> {
@@ -209,7 +265,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         (true, None) => bail!("socket acceleration needs a cgroup v2 directory: pass --cgroup-root or --sockmap=false"),
         (false, _) => None,
     };
-    let dp = datapath::Datapath::load(&s.bpffs, sockops_cgroup)?;
+    let dp = datapath::Datapath::load(&s.bpffs, sockops_cgroup, s.cgroup_root.as_deref())?;
     let mut cfg = config::NodeConfig::zeroed();
     cfg.pod_cidr4 = pod4.network().octets();
     cfg.pod_prefix4 = pod4.prefix();
@@ -222,6 +278,11 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     } else {
         0
     };
+    let svc_maps = lb::ServiceMaps::open(&s.bpffs)?;
+    if !svc_maps.is_empty() {
+        // Services programmed by an earlier agent keep working while this one catches up.
+        cfg.flags |= config::FLAG_SERVICES;
+    }
     dp.configure(&cfg)?;
     dp.attach_uplink(&uplink)?;
     let (reattached, stale) = dp.reattach_endpoints()?;
@@ -258,7 +319,17 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         adopted_maps: dp.adopted_maps,
         started: Instant::now(),
         cluster: RwLock::new(initial),
+        lb: Mutex::new(LbState {
+            maps: svc_maps,
+            frontends: Vec::new(),
+            last_cluster: None,
+            last_pods: BTreeMap::new(),
+            cfg,
+        }),
     });
+    if let Err(e) = sync_services(&shared) {
+        tracing::warn!(error = %format!("{e:#}"), "program services");
+    }
     let listener = api::bind(&s.state_dir)?;
     let server = tokio::spawn(api::serve(listener, shared.clone()));
     tracing::info!(socket = %api::socket_path(&s.state_dir).display(), "agent ready");
@@ -274,9 +345,17 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 // Pods appear through CNI ADD, which does not tell the agent: look often.
                 let sh = shared.clone();
-                let res = tokio::task::spawn_blocking(move || reconcile_pod_flags(&sh)).await;
-                if let Ok(Err(e)) = res {
-                    tracing::warn!(error = %format!("{e:#}"), "reconcile pod flags");
+                let res = tokio::task::spawn_blocking(move || {
+                    (reconcile_pod_flags(&sh), sync_services(&sh))
+                })
+                .await;
+                if let Ok((flags, svcs)) = res {
+                    if let Err(e) = flags {
+                        tracing::warn!(error = %format!("{e:#}"), "reconcile pod flags");
+                    }
+                    if let Err(e) = svcs {
+                        tracing::warn!(error = %format!("{e:#}"), "program services");
+                    }
                 }
             }
             changed = async {
@@ -349,6 +428,80 @@ fn reconcile_pod_flags(shared: &Shared) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Recomputes the service frontends when the cluster state or the local pods changed, and
+/// programs the difference into the maps.
+fn sync_services(shared: &Shared) -> anyhow::Result<()> {
+    let cluster = shared
+        .cluster
+        .read()
+        .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+        .clone();
+    let pods: BTreeMap<(String, String), IpAddr> = user::Endpoints::open(&shared.settings.bpffs)?
+        .list()?
+        .into_iter()
+        .filter(|e| !e.name.is_empty())
+        .map(|e| ((e.namespace, e.name), e.addr))
+        .collect();
+    let mut st = shared
+        .lb
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lb lock poisoned"))?;
+    if st
+        .last_cluster
+        .as_ref()
+        .is_some_and(|c| Arc::ptr_eq(c, &cluster))
+        && st.last_pods == pods
+    {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let node_ips = [IpAddr::V4(shared.node_ip)];
+    let want = services::frontends(
+        &cluster,
+        &services::NodeInfo {
+            node_name: &shared.settings.node_name,
+            node_ips: &node_ips,
+            local_pods: &pods,
+            default_maglev: shared.settings.maglev,
+        },
+    );
+    let stats = st.maps.sync(&want, 0)?;
+    let on = !st.maps.is_empty();
+    if on != (st.cfg.flags & config::FLAG_SERVICES != 0) {
+        if on {
+            st.cfg.flags |= config::FLAG_SERVICES;
+        } else {
+            st.cfg.flags &= !config::FLAG_SERVICES;
+        }
+        write_config(&shared.settings.bpffs, &st.cfg)?;
+    }
+    if stats.added + stats.updated + stats.removed > 0 {
+        tracing::info!(
+            frontends = stats.frontends,
+            added = stats.added,
+            updated = stats.updated,
+            removed = stats.removed,
+            skipped = stats.skipped,
+            ms = started.elapsed().as_millis() as u64,
+            "services programmed"
+        );
+    }
+    st.frontends = want;
+    st.last_cluster = Some(cluster);
+    st.last_pods = pods;
+    Ok(())
+}
+
+fn write_config(bpffs: &std::path::Path, cfg: &config::NodeConfig) -> anyhow::Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    let path = user::map_path(bpffs, config::MAP_NAME);
+    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+    let mut arr: Array<MapData, config::NodeConfig> =
+        Array::try_from(Map::Array(md)).context("config map type")?;
+    arr.set(0, cfg, 0).context("write the node configuration")?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub enum Request {
     Status,
     Endpoints,
+    Services,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,11 +70,37 @@ pub struct Endpoint {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// One load-balancer frontend as programmed, with its backends and counter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceFrontend {
+    /// `namespace/name`.
+    pub service: String,
+    pub port_name: String,
+    /// ClusterIP, NodePort, ExternalIP, LoadBalancer.
+    pub kind: String,
+    /// `address:port/PROTO`.
+    pub frontend: String,
+    /// internal (pods and node processes) or external (from outside the node).
+    pub scope: String,
+    /// The datapath's id (0: not programmed, e.g. IPv6 or SCTP).
+    pub id: u32,
+    /// random or maglev.
+    pub algorithm: String,
+    pub affinity_timeout_seconds: Option<u32>,
+    pub snat: bool,
+    /// `address:port`, with ` (local)` for backends on this node.
+    pub backends: Vec<String>,
+    /// Connections translated at the socket plus packets translated in TC.
+    pub translations: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reply {
     Status(Status),
     Endpoints(Vec<Endpoint>),
+    Services(Vec<ServiceFrontend>),
     Error(String),
 }
 
@@ -81,6 +108,7 @@ pub enum Reply {
 pub trait Handler: Send + Sync + 'static {
     fn status(&self) -> anyhow::Result<Status>;
     fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>>;
+    fn services(&self) -> anyhow::Result<Vec<ServiceFrontend>>;
 }
 
 /// Binds the socket (replacing a stale one from a killed agent) with mode 0600.
@@ -133,6 +161,7 @@ async fn handle(stream: UnixStream, handler: Arc<dyn Handler>) -> anyhow::Result
             let res = tokio::task::spawn_blocking(move || match req {
                 Request::Status => h.status().map(Reply::Status),
                 Request::Endpoints => h.endpoints().map(Reply::Endpoints),
+                Request::Services => h.services().map(Reply::Services),
             })
             .await
             .context("handler panicked")?;
@@ -196,6 +225,9 @@ mod tests {
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
             anyhow::bail!("maps unavailable")
+        }
+        fn services(&self) -> anyhow::Result<Vec<ServiceFrontend>> {
+            Ok(vec![])
         }
     }
 

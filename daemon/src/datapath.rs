@@ -16,7 +16,7 @@ use aya::{
     programs::SchedClassifier,
     EbpfLoader,
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, sock, user};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, sock, svc, user};
 
 /// The datapath object, built by build.rs through aya-build.
 pub static OBJECT: &[u8] =
@@ -74,6 +74,48 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
         size_of::<u64>(),
         size_of::<u32>(),
         sock::PODNS_MAX_ENTRIES,
+    ),
+    (
+        svc::MAP_NAME,
+        size_of::<svc::Key>(),
+        size_of::<svc::Value>(),
+        svc::MAX_ENTRIES,
+    ),
+    (
+        svc::BACKEND_MAP_NAME,
+        size_of::<svc::BackendKey>(),
+        size_of::<svc::Backend>(),
+        svc::BACKEND_MAX_ENTRIES,
+    ),
+    (
+        svc::MAGLEV_MAP_NAME,
+        size_of::<u32>(),
+        size_of::<[u16; svc::MAGLEV_M]>(),
+        svc::MAGLEV_MAX_ENTRIES,
+    ),
+    (
+        svc::AFFINITY_MAP_NAME,
+        size_of::<svc::AffinityKey>(),
+        size_of::<svc::Affinity>(),
+        svc::AFFINITY_MAX_ENTRIES,
+    ),
+    (
+        svc::SOCK_REV_MAP_NAME,
+        size_of::<svc::SockRevKey>(),
+        size_of::<svc::Backend>(),
+        svc::SOCK_REV_MAX_ENTRIES,
+    ),
+    (
+        svc::COUNTER_MAP_NAME,
+        size_of::<u32>(),
+        size_of::<metrics::Counter>(),
+        svc::MAX_IDS,
+    ),
+    (
+        svc::CT_MAP_NAME,
+        size_of::<nat::Tuple>(),
+        size_of::<svc::Xlate>(),
+        svc::CT_MAX_ENTRIES,
     ),
 ];
 
@@ -142,8 +184,14 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object, adopting or pinning maps, and pins every program. With `sockops_cgroup`
     /// the socket acceleration programs are attached to that cgroup (v2 directory); without
-    /// it, any earlier attachment is removed (`--sockmap=false`).
-    pub fn load(bpffs: &Path, sockops_cgroup: Option<&Path>) -> anyhow::Result<Self> {
+    /// it, any earlier attachment is removed (`--sockmap=false`). With `lb_cgroup` the
+    /// socket-level service load balancer is attached to that cgroup; without it, Services are
+    /// translated in TC only.
+    pub fn load(
+        bpffs: &Path,
+        sockops_cgroup: Option<&Path>,
+        lb_cgroup: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it");
         }
@@ -177,6 +225,7 @@ impl Datapath {
                 .with_context(|| format!("move {} to {}", tmp.display(), pin.display()))?;
         }
         attach_sockmap(&mut ebpf, bpffs, sockops_cgroup)?;
+        attach_sock_lb(&mut ebpf, bpffs, lb_cgroup)?;
         // Maps and programs stay alive through their pins; the loader's fds can go.
         drop(ebpf);
         Ok(Self {
@@ -285,6 +334,50 @@ fn attach_sockmap(ebpf: &mut aya::Ebpf, bpffs: &Path, cgroup: Option<&Path>) -> 
     // Replacing the pin drops the old link: the old program leaves the cgroup now.
     std::fs::rename(&tmp, &link_pin)
         .with_context(|| format!("move {} to {}", tmp.display(), link_pin.display()))?;
+    Ok(())
+}
+
+/// Attaches the socket-level load balancer (connect4, sendmsg4, recvmsg4, getpeername4) to
+/// `cgroup` through pinned links, each new link beside the old one before the old pin goes (as
+/// for sockops). Without a cgroup, earlier links are removed.
+fn attach_sock_lb(ebpf: &mut aya::Ebpf, bpffs: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
+    use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
+    let links = bpffs.join(pins::LINKS_DIR);
+    let Some(cgroup) = cgroup else {
+        for (_, pin) in pins::SOCK_LB_PROGRAMS {
+            match std::fs::remove_file(links.join(pin)) {
+                Ok(()) => tracing::info!(link = pin, "socket load balancing detached"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("remove link pin {pin}")),
+            }
+        }
+        return Ok(());
+    };
+    let cg = std::fs::File::open(cgroup)
+        .with_context(|| format!("open cgroup {} (--cgroup-root)", cgroup.display()))?;
+    for (name, pin) in pins::SOCK_LB_PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+        prog.load()
+            .with_context(|| format!("verify and load {name}"))?;
+        let id = prog
+            .attach(&cg, CgroupAttachMode::Single)
+            .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .with_context(|| format!("{name} link is not an fd link"))?;
+        let final_pin = links.join(pin);
+        let tmp = links.join(format!("{pin}_new"));
+        let _ = std::fs::remove_file(&tmp);
+        link.pin(&tmp)
+            .with_context(|| format!("pin {}", tmp.display()))?;
+        std::fs::rename(&tmp, &final_pin)
+            .with_context(|| format!("move {} to {}", tmp.display(), final_pin.display()))?;
+    }
     Ok(())
 }
 

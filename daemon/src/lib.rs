@@ -6,6 +6,8 @@ pub mod agent;
 pub mod api;
 pub mod cni_install;
 pub mod datapath;
+pub mod lb;
+pub mod maglev;
 pub mod manifests;
 pub mod model;
 pub mod node;

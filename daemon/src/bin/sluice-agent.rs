@@ -37,7 +37,9 @@ struct Args {
     /// bpffs to pin into (mounted if none is mounted there).
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
-    /// cgroup v2 directory for socket programs. Default: the cgroup v2 mount.
+    /// cgroup v2 directory for socket programs (Service load balancing at connect time, socket
+    /// acceleration); processes outside it reach Services through the TC path. Default: the
+    /// cgroup v2 mount.
     #[arg(long, value_name = "DIR")]
     cgroup_root: Option<PathBuf>,
     /// Where the runtime reads CNI configs.
@@ -54,6 +56,11 @@ struct Args {
     /// annotation `sluice.dev/sockmap: "off"`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     sockmap: bool,
+    /// How Service backends are chosen for a new connection: `random` (uniform), or `maglev`
+    /// (consistent hashing: a backend change moves only ~1/N of the choices). A Service can
+    /// override it with the annotation `sluice.dev/lb-algorithm`.
+    #[arg(long, value_enum, default_value = "random")]
+    lb_algorithm: LbAlgorithm,
     /// Do not masquerade pod traffic leaving for the outside.
     #[arg(long)]
     no_masquerade: bool,
@@ -66,6 +73,12 @@ struct Args {
     /// Remove Sluice from this node (uplink programs, pins, CNI config and binary) and exit.
     #[arg(long)]
     uninstall: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LbAlgorithm {
+    Random,
+    Maglev,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -137,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         cni_plugin,
         masquerade: !args.no_masquerade,
         sockmap: args.sockmap,
+        maglev: args.lb_algorithm == LbAlgorithm::Maglev,
         mtu: args.mtu,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

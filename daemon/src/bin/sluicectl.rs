@@ -34,6 +34,9 @@ enum Cmd {
     Status,
     /// Local endpoints: pod, address, host veth, ifindex.
     Endpoints,
+    /// Service frontends (ClusterIPs, NodePorts, external IPs) with their backends and the
+    /// number of connections/packets translated.
+    Services,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,12 +47,40 @@ fn main() -> anyhow::Result<()> {
     let req = match args.command {
         Cmd::Status => Request::Status,
         Cmd::Endpoints => Request::Endpoints,
+        Cmd::Services => Request::Services,
     };
     let reply = api::call(&args.state_dir, &req)?;
     match (reply, args.output) {
         (Reply::Error(e), _) => bail!("the agent answered: {e}"),
         (Reply::Status(s), Output::Json) => println!("{}", serde_json::to_string_pretty(&s)?),
         (Reply::Endpoints(e), Output::Json) => println!("{}", serde_json::to_string_pretty(&e)?),
+        (Reply::Services(f), Output::Json) => println!("{}", serde_json::to_string_pretty(&f)?),
+        (Reply::Services(fs), Output::Table) => {
+            println!(
+                "{:<32} {:<10} {:<26} {:<8} {:>5} {:<10} {:>10}  BACKENDS",
+                "SERVICE", "KIND", "FRONTEND", "SCOPE", "ID", "LB", "CONNS/PKTS"
+            );
+            for f in fs {
+                let mut lb = f.algorithm.clone();
+                if let Some(t) = f.affinity_timeout_seconds {
+                    lb = format!("{lb}+aff{t}s");
+                }
+                let backends = if f.backends.is_empty() {
+                    "(none: refused)".to_string()
+                } else {
+                    f.backends.join(", ")
+                };
+                let name = if f.port_name.is_empty() {
+                    f.service.clone()
+                } else {
+                    format!("{}:{}", f.service, f.port_name)
+                };
+                println!(
+                    "{:<32} {:<10} {:<26} {:<8} {:>5} {:<10} {:>10}  {}",
+                    name, f.kind, f.frontend, f.scope, f.id, lb, f.translations, backends
+                );
+            }
+        }
         (Reply::Status(s), Output::Table) => {
             println!("Node:          {}", s.node_name);
             println!(
