@@ -21,6 +21,9 @@ use crate::{api, cni_install, datapath, lb, manifests, model::ClusterState, node
 pub struct Settings {
     pub node_name: String,
     pub manifests: Option<PathBuf>,
+    /// Follow a Kubernetes API server with this kubeconfig (else in-cluster config when the
+    /// agent runs in a pod).
+    pub kubeconfig: Option<PathBuf>,
     pub pod_cidrs: Vec<IpNetwork>,
     pub uplink: Option<String>,
     pub state_dir: PathBuf,
@@ -195,6 +198,12 @@ fn resolve_pod_cidrs(s: &Settings, cluster: &ClusterState) -> anyhow::Result<Vec
     Ok(from_node)
 }
 
+/// Whether to follow an API server: `--kubeconfig` given, or running in a pod (in-cluster
+/// config, `KUBERNETES_SERVICE_HOST`).
+fn use_api(s: &Settings) -> bool {
+    s.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
 /// Takes `<state-dir>/agent.lock` for the life of the agent, or says who holds it.
 fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     let path = dir.join("agent.lock");
@@ -227,14 +236,29 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&s.state_dir)?;
 
     // Cluster state first: the Node object may carry the pod CIDR.
-    let (mut updates, initial) = match &s.manifests {
-        Some(dir) => {
+    let (mut updates, initial) = match (&s.manifests, use_api(&s)) {
+        (Some(dir), _) => {
             let (rx, _task) = manifests::watch(dir.clone(), Duration::from_millis(200))
                 .with_context(|| format!("watch manifests in {}", dir.display()))?;
             let first = rx.borrow().clone();
             (Some(rx), first)
         }
-        None => (None, Arc::new(ClusterState::default())),
+        (None, true) => {
+            let src = crate::kube::KubeSource::new(s.kubeconfig.clone(), s.node_name.clone());
+            let (rx, _task) = crate::kube::watch(src)
+                .await
+                .context("follow the Kubernetes API server")?;
+            let first = rx.borrow().clone();
+            tracing::info!(objects = first.len(), "following the Kubernetes API server");
+            (Some(rx), first)
+        }
+        (None, false) => {
+            tracing::warn!(
+                "no cluster state source (--manifests, --kubeconfig or in-cluster config): \
+                 Services and pod labels are unknown; only --pod-cidr is used"
+            );
+            (None, Arc::new(ClusterState::default()))
+        }
     };
     let pod_cidrs = resolve_pod_cidrs(&s, &initial)?;
     let pod4 = pod_cidrs
@@ -365,7 +389,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
                 }
             } => {
                 let Ok(state) = changed else {
-                    tracing::warn!("manifests watcher stopped");
+                    tracing::warn!("cluster state watcher stopped");
                     updates = None;
                     continue;
                 };

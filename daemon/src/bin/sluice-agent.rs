@@ -21,10 +21,15 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// Standalone mode: read Kubernetes objects (YAML/JSON, several per file) from DIR and
-    /// follow its changes. Without it the agent uses only its flags (then --pod-cidr is
-    /// required; following a Kubernetes API server is not implemented yet).
-    #[arg(long, value_name = "DIR")]
+    /// follow its changes, instead of an API server.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
     manifests: Option<PathBuf>,
+    /// Follow the Kubernetes API server of this kubeconfig (Services, EndpointSlices, this
+    /// node's Pods, Namespaces, NetworkPolicies, Nodes). In a pod, the in-cluster config is
+    /// used without it. With neither this, a pod's config nor --manifests, the agent knows no
+    /// cluster state and needs --pod-cidr.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     /// Pod CIDR of this node (repeat for dual-stack). Default: the Node object's spec.podCIDRs.
     #[arg(long = "pod-cidr", value_name = "CIDR")]
     pod_cidr: Vec<IpNetwork>,
@@ -140,6 +145,7 @@ fn main() -> anyhow::Result<()> {
     let settings = agent::Settings {
         node_name,
         manifests: args.manifests,
+        kubeconfig: args.kubeconfig,
         pod_cidrs: args.pod_cidr,
         uplink: args.uplink,
         state_dir: args.state_dir,
