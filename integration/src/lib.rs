@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod netns;
 pub mod node;
+pub mod progtest;
 
 pub use netns::{in_netns, Netns};
 pub use node::{CniCall, CniOutput, Node, NodeOptions, Pod};
