@@ -108,12 +108,12 @@ fn services(ctx: &TcContext, cfg: &config::NodeConfig, hdr: &Ipv4Hdr, ifindex: u
     deliver_or_dead(ctx, cfg, hdr, ifindex)
 }
 
-/// Like [`deliver_or_stack`], but a TCP segment to a pod address of this node with no pod
-/// behind it (a removed backend) is answered with a reset.
+/// Like [`deliver_or_stack`], but a TCP segment (UDP datagram) to a pod address of this node
+/// with no pod behind it (a removed backend) is answered with a reset (port unreachable).
 #[inline(always)]
 fn deliver_or_dead(ctx: &TcContext, cfg: &config::NodeConfig, ip: &Ipv4Hdr, ifindex: u32) -> i32 {
     if unsafe { ENDPOINTS.get(IpKey::v4(ip.daddr)) }.is_none()
-        && ip.proto == IPPROTO_TCP
+        && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
         && cfg.in_pod_cidr4(ip.daddr)
     {
         return reset_to_pod(ctx, ifindex, true, metrics::DROP_DEAD_ENDPOINT);

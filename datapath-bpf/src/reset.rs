@@ -8,11 +8,14 @@
 //! ports swapped, the reset's sequence numbers chosen as RFC 9293 §3.10.7.1 says for a
 //! connection that does not exist (`SEQ = SEG.ACK` if ACK is set, else `SEQ = 0,
 //! ACK = SEG.SEQ + SEG.LEN`, with SYN and FIN counting one each), checksums computed anew,
-//! and the frame handed back into the pod with `bpf_redirect_peer`.
+//! and the frame handed back into the pod with `bpf_redirect_peer`. A UDP datagram gets an
+//! ICMP port unreachable instead (RFC 792: the original IP header and first 8 bytes of its
+//! payload follow the ICMP header), which fails the sender's connected socket with
+//! `ECONNREFUSED`.
 
 use aya_ebpf::{helpers::generated::bpf_skb_change_tail, programs::TcContext};
 
-use crate::skb::{drop, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, IPPROTO_TCP};
+use crate::skb::{drop, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -74,7 +77,13 @@ pub fn reset_to_pod(ctx: &TcContext, ifindex: u32, peer: bool, reason: u32) -> i
         return drop(ctx, reason);
     };
     let ip = unsafe { *ip };
-    if ip.proto != IPPROTO_TCP || ip.header_len() != 20 || ip.is_fragment() {
+    if ip.header_len() != 20 || ip.is_fragment() {
+        return drop(ctx, reason);
+    }
+    if ip.proto == IPPROTO_UDP {
+        return unreachable(ctx, &ip, ifindex, peer, reason);
+    }
+    if ip.proto != IPPROTO_TCP {
         return drop(ctx, reason);
     }
     let (Some(eth), Some(tcp)) = (
@@ -149,6 +158,84 @@ pub fn reset_to_pod(ctx: &TcContext, ifindex: u32, peer: bool, reason: u32) -> i
         return drop(ctx, reason);
     }
     crate::skb::count(reason, FRAME_LEN);
+    if peer {
+        unsafe { aya_ebpf::helpers::generated::bpf_redirect_peer(ifindex, 0) as i32 }
+    } else {
+        unsafe { aya_ebpf::helpers::generated::bpf_redirect(ifindex, 0) as i32 }
+    }
+}
+
+/// The ICMP answer: Ethernet, IPv4, ICMP destination unreachable, and the original IPv4 header
+/// with the first 8 bytes of its datagram.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct Unreachable {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    icmp_type: u8,
+    icmp_code: u8,
+    icmp_check: u16,
+    unused: u32,
+    orig_ip: Ipv4Hdr,
+    orig_l4: [u8; 8],
+}
+const UNREACHABLE_LEN: u32 = 70;
+const _: () = assert!(core::mem::size_of::<Unreachable>() == UNREACHABLE_LEN as usize);
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+
+/// Answers the UDP datagram in `ctx` (IPv4 header `ip`, 20 bytes) with an ICMP port
+/// unreachable from its destination, sent back as [`reset_to_pod`] sends resets.
+#[inline(always)]
+fn unreachable(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32, peer: bool, reason: u32) -> i32 {
+    let (Some(eth), Some(l4)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<[u8; 8]>(ctx, ETH_HLEN + 20),
+    ) else {
+        return drop(ctx, reason);
+    };
+    let (eth, l4) = unsafe { (*eth, *l4) };
+    let mut f = Unreachable {
+        eth: EthHdr {
+            dst: eth.src,
+            src: eth.dst,
+            proto: eth.proto,
+        },
+        ip: Ipv4Hdr {
+            vihl: 0x45,
+            tos: 0,
+            tot_len: ((UNREACHABLE_LEN - ETH_HLEN as u32) as u16).to_be(),
+            id: 0,
+            frag_off: 0,
+            ttl: 64,
+            proto: IPPROTO_ICMP,
+            check: 0,
+            saddr: ip.daddr,
+            daddr: ip.saddr,
+        },
+        icmp_type: ICMP_DEST_UNREACH,
+        icmp_code: ICMP_PORT_UNREACH,
+        icmp_check: 0,
+        unused: 0,
+        orig_ip: *ip,
+        orig_l4: l4,
+    };
+    let mut iph = f.ip;
+    let ip_bytes: [u8; 20] = unsafe { core::mem::transmute(iph) };
+    iph.check = fold(sum16(&ip_bytes, 0)).to_be();
+    f.ip = iph;
+    // The ICMP checksum covers the ICMP header and everything after it (36 bytes here).
+    let all: [u8; UNREACHABLE_LEN as usize] = unsafe { core::mem::transmute(f) };
+    let icmp_off = ETH_HLEN + 20;
+    f.icmp_check = fold(sum16(&all[icmp_off..], 0)).to_be();
+
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, UNREACHABLE_LEN, 0) } != 0 {
+        return drop(ctx, reason);
+    }
+    if ctx.store(0, &f, 1).is_err() {
+        return drop(ctx, reason);
+    }
+    crate::skb::count(reason, UNREACHABLE_LEN);
     if peer {
         unsafe { aya_ebpf::helpers::generated::bpf_redirect_peer(ifindex, 0) as i32 }
     } else {
