@@ -286,9 +286,10 @@ fn clusterip_tc_path_tcp_and_udp() {
     assert_eq!(c.node.counter("svc:socket-lb").0, 0);
 }
 
-/// Test that a Service whose selector matches no pod refuses at once on both paths (TCP
-/// connect fails with ECONNREFUSED, never a timeout) and that UDP sends are refused at the
-/// socket.
+/// Test that a Service whose selector matches no pod refuses at once on both paths, never a
+/// timeout: TCP connect fails with ECONNREFUSED (refused at the socket, or a reset from TC), and
+/// a connected UDP socket gets ECONNREFUSED (refused at connect, or an ICMP port unreachable
+/// from TC).
 #[test]
 fn service_without_endpoints_refuses_at_once() {
     let c = cluster(
@@ -300,16 +301,11 @@ fn service_without_endpoints_refuses_at_once() {
         let v = probe(&c.node, &c.client.ns, path, "10.96.0.20:80", false, 5);
         assert_eq!(v["errors"]["refused"], 5, "{path:?}: {v:#}");
     }
-    let u = probe(
-        &c.node,
-        &c.client.ns,
-        Path::Socket,
-        "10.96.0.20:53",
-        true,
-        3,
-    );
-    assert_eq!(u["errors"]["refused"], 3, "{u:#}");
-    assert!(c.node.counter("drop:service-no-backend").0 >= 13);
+    for path in [Path::Socket, Path::Tc] {
+        let u = probe(&c.node, &c.client.ns, path, "10.96.0.20:53", true, 3);
+        assert_eq!(u["errors"]["refused"], 3, "{path:?}: {u:#}");
+    }
+    assert!(c.node.counter("drop:service-no-backend").0 >= 16);
 }
 
 /// Test that `sessionAffinity: ClientIP` sends every connection of one client to one backend,
@@ -484,8 +480,15 @@ fn endpoint_churn_while_client_loops() {
     let mut c = cluster(WEB_SERVICE);
     wait_programmed(&c.node, "10.96.0.10:80/TCP", 3);
     // Connections held to every backend, to see what happens to the removed one's.
+    // (The backend is chosen at random: open connections until two reach the victim.)
     let mut held = Vec::new();
-    for _ in 0..12 {
+    while held.len() < 60
+        && held
+            .iter()
+            .filter(|(_, n): &&(Hold, String)| *n == c.web[0].name)
+            .count()
+            < 2
+    {
         held.push(Hold::start(
             c.node.pod_command(&c.client.ns, bin("sluice-svcprobe")),
             "10.96.0.10:80",
@@ -576,4 +579,110 @@ fn ten_thousand_services_programmed_and_reachable() {
             assert_eq!(errors(&r), 0, "{ip} {path:?}: {r:#}");
         }
     }
+}
+
+/// Test that an external IP routed to the node by the outside serves from outside (TC, external
+/// scope) and from a pod (socket), and that the outside client is translated to the node
+/// (`externalTrafficPolicy: Cluster`, the default).
+#[test]
+fn external_ip_from_outside_and_inside() {
+    let c = cluster(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.60\n  externalIPs: [198.51.100.20]\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    );
+    wait_programmed(&c.node, "198.51.100.20:80/TCP", 3);
+    c.node
+        .outside
+        .sh(&format!("ip route add 198.51.100.20/32 via {NODE_IP}"));
+    let v = probe(
+        &c.node,
+        &c.node.outside,
+        Path::Tc,
+        "198.51.100.20:80",
+        false,
+        30,
+    );
+    assert_eq!(errors(&v), 0, "{v:#}");
+    for peer in v["peers"].as_array().unwrap() {
+        let ip = peer.as_str().unwrap().split(':').next().unwrap();
+        assert_eq!(ip, NODE_IP.to_string());
+    }
+    let p = probe(
+        &c.node,
+        &c.client.ns,
+        Path::Socket,
+        "198.51.100.20:80",
+        false,
+        30,
+    );
+    assert_eq!(errors(&p), 0, "{p:#}");
+}
+
+/// Test that a Service annotated for Maglev still spreads new connections over every backend
+/// (each socket hashes differently) and that its table is programmed.
+#[test]
+fn maglev_service_spreads_and_is_listed() {
+    let c = cluster(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: mg\n  namespace: default\n  annotations: {sluice.dev/lb-algorithm: maglev}\n\
+         spec:\n  clusterIP: 10.96.0.70\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    );
+    wait_programmed(&c.node, "10.96.0.70:80/TCP", 3);
+    let v = probe(
+        &c.node,
+        &c.client.ns,
+        Path::Socket,
+        "10.96.0.70:80",
+        false,
+        150,
+    );
+    assert_eq!(errors(&v), 0, "{v:#}");
+    for p in &c.web {
+        assert!(answers(&v, &p.name) >= 15, "{} got too few: {v:#}", p.name);
+    }
+    let svcs = c.node.sluicectl_json(&["services"]);
+    let f = svcs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == "10.96.0.70:80/TCP")
+        .unwrap();
+    assert_eq!(f["algorithm"], "maglev");
+}
+
+/// Test that `internalTrafficPolicy: Local` keeps only this node's endpoints of an EndpointSlice
+/// that also lists another node's, while the default (Cluster) keeps both.
+#[test]
+fn internal_traffic_policy_local_drops_remote_endpoints() {
+    let c = cluster(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: loc, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.80\n  internalTrafficPolicy: Local\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: all, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.81\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n",
+    );
+    let slice = |svc: &str, local: Ipv4Addr| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {svc}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n\
+             - addresses: [\"{local}\"]\n  nodeName: other-node-is-not-us\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, namespace: default, name: web-1}}\n\
+             - addresses: [\"10.244.9.9\"]\n  nodeName: node-2\n  conditions: {{ready: true}}\n---\n"
+        )
+    };
+    let ip = c.web[0].ip;
+    write_manifest(
+        &c.node,
+        "slices.yaml",
+        &(slice("loc", ip) + &slice("all", ip)),
+    );
+    // web-1's address was given by CNI ADD on this node: it is local whatever nodeName says.
+    wait_programmed(&c.node, "10.96.0.80:80/TCP", 1);
+    wait_programmed(&c.node, "10.96.0.81:80/TCP", 2);
+    let v = probe(
+        &c.node,
+        &c.client.ns,
+        Path::Socket,
+        "10.96.0.80:80",
+        false,
+        20,
+    );
+    assert_eq!(answers(&v, &c.web[0].name), 20, "{v:#}");
 }

@@ -98,9 +98,12 @@ fn attempt(
     timeout: Duration,
 ) -> Result<(String, String, String), String> {
     let text = if udp {
+        // Connected, as DNS clients are: an ICMP port unreachable then fails the socket with
+        // ECONNREFUSED (an unconnected socket would ignore it).
         let u = UdpSocket::bind("0.0.0.0:0").map_err(|e| kind(&e))?;
         u.set_read_timeout(Some(timeout)).map_err(|e| kind(&e))?;
-        u.send_to(b"?", to).map_err(|e| kind(&e))?;
+        u.connect(to).map_err(|e| kind(&e))?;
+        u.send(b"?").map_err(|e| kind(&e))?;
         let mut buf = [0u8; 1500];
         let (n, from) = u.recv_from(&mut buf).map_err(|e| kind(&e))?;
         format!("{} {from}", String::from_utf8_lossy(&buf[..n]))
