@@ -686,3 +686,76 @@ fn internal_traffic_policy_local_drops_remote_endpoints() {
     );
     assert_eq!(answers(&v, &c.web[0].name), 20, "{v:#}");
 }
+
+/// Test that Services keep working while the agent is down (killed with SIGKILL) and after it
+/// restarts, that the restarted agent adopts the programmed frontends without rewriting them
+/// (same ids), and that a change made while it was down is picked up.
+#[test]
+fn services_survive_agent_crash_and_restart() {
+    let mut c = cluster(WEB_SERVICE);
+    wait_programmed(&c.node, "10.96.0.10:80/TCP", 3);
+    let id_of = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["frontend"] == "10.96.0.10:80/TCP")
+            .map(|f| f["id"].clone())
+    };
+    let id_before = id_of(&c.node.sluicectl_json(&["services"]));
+    c.node.stop_agent(true);
+    for path in [Path::Socket, Path::Tc] {
+        let v = probe(&c.node, &c.client.ns, path, "10.96.0.10:80", false, 30);
+        assert_eq!(errors(&v), 0, "agent down, {path:?}: {v:#}");
+    }
+    // While it is down, the Service loses its UDP port.
+    write_manifest(
+        &c.node,
+        "services.yaml",
+        &WEB_SERVICE.replace(
+            "  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: dns\n",
+            "",
+        ),
+    );
+    c.node.start_agent();
+    wait_programmed(&c.node, "10.96.0.10:80/TCP", 3);
+    let t = Instant::now();
+    loop {
+        let v = c.node.sluicectl_json(&["services"]);
+        let frontends: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["frontend"].as_str().unwrap())
+            .collect();
+        if !frontends.contains(&"10.96.0.10:53/UDP") {
+            assert_eq!(id_of(&v), id_before, "the frontend was not adopted: {v:#}");
+            break;
+        }
+        assert!(
+            t.elapsed() < PROGRAM_DEADLINE,
+            "UDP port still programmed: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = probe(
+        &c.node,
+        &c.client.ns,
+        Path::Socket,
+        "10.96.0.10:80",
+        false,
+        30,
+    );
+    assert_eq!(errors(&v), 0, "{v:#}");
+    let u = probe(
+        &c.node,
+        &c.client.ns,
+        Path::Socket,
+        "10.96.0.10:53",
+        true,
+        1,
+    );
+    assert_eq!(
+        u["errors"]["timeout"], 1,
+        "the removed port still answers: {u:#}"
+    );
+}
