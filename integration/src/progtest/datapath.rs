@@ -250,6 +250,23 @@ impl Datapath {
         }
         assert_eq!(self.counters(), want, "counters (packets, bytes)");
     }
+
+    /// [`Self::assert_counted`] by packets alone, for a refusal answered with a packet of
+    /// another length (a reset, a port unreachable), where the design does not say whose length
+    /// the bytes take: the refused packet's, as for every other drop, or the answer's.
+    pub fn assert_packets_counted(&self, before: &Counters, moved: &[(&str, u64)]) {
+        let packets =
+            |c: &Counters| -> Counters { c.iter().map(|(k, v)| (*k, (v.0, 0))).collect() };
+        let mut want = packets(before);
+        for (name, n) in moved {
+            let c = want
+                .get_mut(name)
+                .unwrap_or_else(|| panic!("no counter {name}"));
+            c.0 += n;
+        }
+        assert_eq!(packets(&self.counters()), want, "counters (packets)");
+    }
+
     /// Whether this kernel takes `BPF_F_TEST_SKB_CHECKSUM_COMPLETE` (6.18 does; older kernels
     /// refuse the flag with EINVAL); probed with a frame no program rewrites.
     pub fn csum_complete_supported(&self) -> bool {

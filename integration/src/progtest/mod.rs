@@ -1,10 +1,12 @@
 //! Harness of the tier-2 tests of the TC programs through `BPF_PROG_TEST_RUN`
 //! (`tests/prog_test_*.rs`): packets built from the protocol specifications (RFC 791 IPv4,
 //! RFC 793 TCP, RFC 768 UDP, RFC 792 ICMP, RFC 826 ARP) with an RFC 1071 checksum of its own,
-//! readers and checksum checks for the frames that come out ([`packet`]), and a [`Datapath`]:
-//! the whole object loaded into a bpffs of its own, with helpers to fill its maps, run a frame
-//! through one program and read the NAT maps and counters ([`datapath`]). Nothing here runs
-//! Sluice to find out what to expect.
+//! readers and checksum checks for the frames that come out ([`packet`]), frames on a pod's
+//! veth and the answers a program hands back to a pod ([`pods`]); a [`Datapath`]: the
+//! whole object loaded into a bpffs of its own, with helpers to fill its maps, run a frame
+//! through one program and read the NAT maps and counters ([`datapath`]); and the Service maps
+//! filled as the agent fills them and read back ([`svc`]). Nothing here runs Sluice to find
+//! out what to expect.
 //!
 //! What `BPF_PROG_TEST_RUN` does with a `SCHED_CLS` program (net/bpf/test_run.c, kernel 6.18):
 //! the frame becomes a linear skb on the device named by `ifindex` in the `__sk_buff` given as
@@ -25,9 +27,13 @@
 
 pub mod datapath;
 pub mod packet;
+pub mod pods;
+pub mod svc;
 
 pub use datapath::*;
 pub use packet::*;
+pub use pods::*;
+pub use svc::*;
 
 use datapath_common::pins;
 
@@ -46,6 +52,7 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;

@@ -76,6 +76,23 @@ pub fn tcp(
     seq_ack: (u32, u32),
     flags: u8,
 ) -> Vec<u8> {
+    let data: &[u8] = if flags & TCP_ACK != 0 {
+        b"GET / HTTP/1.0\r\n\r\n"
+    } else {
+        b""
+    };
+    tcp_segment(src, dst, ports, seq_ack, flags, data)
+}
+
+/// RFC 793 segment (data offset 5) carrying `data`, with its checksum over the pseudo-header.
+pub fn tcp_segment(
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    seq_ack: (u32, u32),
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
     let mut s = Vec::new();
     s.extend_from_slice(&ports.0.to_be_bytes());
     s.extend_from_slice(&ports.1.to_be_bytes());
@@ -84,9 +101,7 @@ pub fn tcp(
     s.extend_from_slice(&[5 << 4, flags]);
     s.extend_from_slice(&64240u16.to_be_bytes()); // window
     s.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-    if flags & TCP_ACK != 0 {
-        s.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
-    }
+    s.extend_from_slice(data);
     let c = l4_checksum(src, dst, IPPROTO_TCP, &s);
     s[16..18].copy_from_slice(&c.to_be_bytes());
     s
@@ -168,6 +183,10 @@ pub fn tcp_frame(egress: bool, src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: 
 pub fn be16(f: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([f[off], f[off + 1]])
 }
+/// The big-endian 32-bit word at `off`.
+pub fn be32(f: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes(f[off..off + 4].try_into().unwrap())
+}
 pub fn ip4(f: &[u8], off: usize) -> [u8; 4] {
     f[off..off + 4].try_into().unwrap()
 }
@@ -192,6 +211,15 @@ pub fn assert_ip_checksum(f: &[u8]) {
     let mut h = f[14..34].to_vec();
     h[10..12].fill(0);
     assert_eq!(be16(f, 24), internet_checksum(&h), "IPv4 header checksum");
+}
+
+/// [`assert_ip_checksum`] and [`assert_l4_checksum`], except for a UDP checksum of 0: "no
+/// checksum" (RFC 768).
+pub fn assert_checksums(f: &[u8]) {
+    assert_ip_checksum(f);
+    if !(f[23] == IPPROTO_UDP && be16(f, 40) == 0) {
+        assert_l4_checksum(f);
+    }
 }
 
 /// Recomputes the L4 checksum (TCP, UDP over the pseudo-header; ICMP over the message) and
