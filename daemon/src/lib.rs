@@ -12,4 +12,5 @@ pub mod maglev;
 pub mod manifests;
 pub mod model;
 pub mod node;
+pub mod policy;
 pub mod services;
