@@ -14,6 +14,10 @@ pub type Key = IpKey;
 /// The pod opted out of socket acceleration (`sluice.dev/sockmap: "off"`): a connection to or
 /// from it is not put in the sockhash on either end, so neither end is left half-accelerated.
 pub const FLAG_NO_SOCKMAP: u32 = 1 << 0;
+/// Some NetworkPolicy selects the pod for ingress: only what a rule allows comes in.
+pub const FLAG_ISOLATED_INGRESS: u32 = 1 << 1;
+/// Some NetworkPolicy selects the pod for egress: only what a rule allows goes out.
+pub const FLAG_ISOLATED_EGRESS: u32 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod metrics;
 pub mod nat;
 pub mod pins;
+pub mod policy;
 pub mod sock;
 pub mod svc;
 #[cfg(feature = "user")]
@@ -43,4 +44,7 @@ user_pod!(
     svc::Affinity,
     svc::SockRevKey,
     svc::Xlate,
+    policy::RuleData,
+    policy::RuleValue,
+    policy::CtEntry,
 );

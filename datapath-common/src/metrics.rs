@@ -33,6 +33,10 @@ pub const DROP_NO_BACKEND: u32 = 8;
 pub const DROP_DEAD_ENDPOINT: u32 = 9;
 /// The load-balancer translation table was full.
 pub const DROP_LB_TABLE_FULL: u32 = 10;
+/// NetworkPolicy: the source pod's egress rules do not allow the connection.
+pub const DROP_POLICY_EGRESS: u32 = 11;
+/// NetworkPolicy: the destination pod's ingress rules do not allow the connection.
+pub const DROP_POLICY_INGRESS: u32 = 12;
 
 /// First index of the forwarding counters.
 pub const FWD_BASE: u32 = 32;
@@ -55,6 +59,8 @@ pub const SVC_SOCK_LB: u32 = 38;
 pub const SVC_TC_DNAT: u32 = 39;
 /// Replies from a backend translated back to the Service address in TC.
 pub const SVC_TC_REVNAT: u32 = 40;
+/// NetworkPolicy: new connections judged against the rules and allowed.
+pub const POLICY_ALLOWED: u32 = 41;
 
 /// Human names of the reasons, for the CLI: (index, name).
 pub const NAMES: &[(u32, &str)] = &[
@@ -68,6 +74,8 @@ pub const NAMES: &[(u32, &str)] = &[
     (DROP_NO_BACKEND, "drop:service-no-backend"),
     (DROP_DEAD_ENDPOINT, "drop:dead-endpoint-reset"),
     (DROP_LB_TABLE_FULL, "drop:lb-table-full"),
+    (DROP_POLICY_EGRESS, "drop:policy-egress"),
+    (DROP_POLICY_INGRESS, "drop:policy-ingress"),
     (FWD_LOCAL_POD, "fwd:local-pod"),
     (FWD_STACK, "fwd:stack"),
     (FWD_SNAT, "fwd:snat"),
@@ -77,4 +85,5 @@ pub const NAMES: &[(u32, &str)] = &[
     (SVC_SOCK_LB, "svc:socket-lb"),
     (SVC_TC_DNAT, "svc:tc-dnat"),
     (SVC_TC_REVNAT, "svc:tc-revnat"),
+    (POLICY_ALLOWED, "policy:allowed-new"),
 ];

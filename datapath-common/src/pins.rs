@@ -18,8 +18,17 @@ pub const PROG_UPLINK_EGRESS: &str = "sl_up_egress";
 /// TC ingress of the node's uplink (reverse masquerade).
 pub const PROG_UPLINK_INGRESS: &str = "sl_up_ingress";
 
+/// TC egress of a pod's host-side veth: packets the node's stack delivers to the pod (ingress
+/// policy for traffic that did not come straight from another local pod).
+pub const PROG_TO_POD: &str = "sl_to_pod";
+
 /// All TC programs the agent loads and pins.
-pub const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS];
+pub const PROGRAMS: &[&str] = &[
+    PROG_FROM_POD,
+    PROG_TO_POD,
+    PROG_UPLINK_EGRESS,
+    PROG_UPLINK_INGRESS,
+];
 /// sockops on the agent's cgroup: records same-node TCP sockets in the sockhash.
 pub const PROG_SOCKOPS: &str = "sl_sockops";
 /// sk_msg on the sockhash: hands each send to the peer socket.
@@ -70,6 +79,10 @@ mod tests {
             crate::svc::SOCK_REV_MAP_NAME,
             crate::svc::COUNTER_MAP_NAME,
             crate::svc::CT_MAP_NAME,
+            crate::policy::MAP_NAME,
+            crate::policy::CT_MAP_NAME,
+            crate::policy::REVISION_MAP_NAME,
+            crate::policy::POD_ISOLATION_MAP_NAME,
         ] {
             assert!(m.len() <= 15, "{m} is longer than 15 characters");
         }

@@ -418,3 +418,21 @@ pub fn attach_pinned_tc(
     core::mem::forget(link);
     Ok(())
 }
+
+/// The endpoint isolation flags (`endpoint::FLAG_ISOLATED_*`) the agent published for pod
+/// `namespace/name` in `SL_PODISO_V1`; 0 when it published none (or the map is missing).
+pub fn pod_isolation_flags(bpffs: &Path, namespace: &str, name: &str) -> u32 {
+    let Ok(map) = open_hash::<u64, u32>(bpffs, crate::policy::POD_ISOLATION_MAP_NAME) else {
+        return 0;
+    };
+    let key = crate::policy::pod_key(namespace.as_bytes(), name.as_bytes());
+    let iso = map.get(&key, 0).unwrap_or(0);
+    let mut flags = 0;
+    if iso & crate::policy::ISO_INGRESS != 0 {
+        flags |= endpoint::FLAG_ISOLATED_INGRESS;
+    }
+    if iso & crate::policy::ISO_EGRESS != 0 {
+        flags |= endpoint::FLAG_ISOLATED_EGRESS;
+    }
+    flags
+}

@@ -1,0 +1,180 @@
+//! NetworkPolicy enforcement: the rule trie, the connection tracker and the policy revision,
+//! written by the agent from the policies it compiles and read by the TC programs.
+//!
+//! **Rules** (`SL_POL_V1`, an LPM trie): for one local pod (the *subject*, by address), one
+//! direction and one IP protocol, the trie maps peer address prefixes to the destination port
+//! ranges allowed. Every key fixes the subject, direction and protocol fully and leaves the
+//! peer address as the variable-length part, so a lookup is "the most specific peer prefix
+//! holding this address". The agent makes each entry hold the union of the ranges of every
+//! entry containing it, so the most specific match alone is the answer; an `except` becomes
+//! a more specific entry with fewer ranges. Protocol 0 entries hold rules that name no port
+//! (all protocols, all ports): a packet is checked against its protocol and against 0.
+//!
+//! **Isolation** is two endpoint flags (`endpoint::FLAG_ISOLATED_*`): a pod no policy selects
+//! in a direction is not checked at all in that direction.
+//!
+//! **Connection tracking** (`SL_CT_V1`, LRU): a connection allowed once is recorded under its
+//! tuple as first seen; packets of either direction that find it pass without a rule lookup
+//! while its `revision` is the current one (`SL_POLREV_V1`). The agent bumps the revision on
+//! every policy change, so the next packet of each tracked connection is judged again and a
+//! connection that became denied stops.
+
+use crate::addr::IpKey;
+
+pub const MAP_NAME: &str = "SL_POL_V1";
+pub const CT_MAP_NAME: &str = "SL_CT_V1";
+pub const REVISION_MAP_NAME: &str = "SL_POLREV_V1";
+/// Isolation per pod before its address is known (`pod_key` of namespace/name → `ISO_*`),
+/// written by the agent and read by the CNI plugin at ADD, so a new pod starts isolated.
+pub const POD_ISOLATION_MAP_NAME: &str = "SL_PODISO_V1";
+
+pub const MAX_ENTRIES: u32 = 262144;
+pub const CT_MAX_ENTRIES: u32 = 262144;
+pub const POD_ISOLATION_MAX_ENTRIES: u32 = 65536;
+/// Port ranges one rule entry can hold; a subject whose rules need more fails closed.
+pub const MAX_RANGES: usize = 16;
+
+/// Traffic into the subject (ingress rules; the peer is the source).
+pub const DIR_INGRESS: u8 = 0;
+/// Traffic from the subject (egress rules; the peer is the destination).
+pub const DIR_EGRESS: u8 = 1;
+
+/// "Any protocol" in a rule key: rules that name no port.
+pub const PROTO_ANY: u8 = 0;
+
+/// The variable part of a rule key. The prefix length of a [`RuleKey`] counts bits from the
+/// start of this struct: [`fixed_bits`] for subject, direction and protocol, plus the peer's
+/// family header and address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleData {
+    pub subject: IpKey,
+    pub dir: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    /// The peer; its `family` and `_pad` are matched fully, its address by the prefix.
+    pub peer: IpKey,
+}
+const _: () = assert!(core::mem::size_of::<RuleData>() == 44);
+
+/// Bits of a rule key that are always matched: subject, direction, protocol, padding and the
+/// peer's family header (everything before the peer's address bytes).
+pub const fn fixed_bits() -> u32 {
+    (20 + 4 + 4) * 8
+}
+
+impl RuleData {
+    #[inline(always)]
+    pub const fn v4(subject: [u8; 4], dir: u8, proto: u8, peer: [u8; 4]) -> Self {
+        Self {
+            subject: IpKey::v4(subject),
+            dir,
+            proto,
+            _pad: [0; 2],
+            peer: IpKey::v4(peer),
+        }
+    }
+}
+
+/// A port range, host order, inclusive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// The destination ports a rule entry allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleValue {
+    /// Ranges in use (`..count`).
+    pub count: u32,
+    pub ranges: [PortRange; MAX_RANGES],
+}
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 4 + 4 * MAX_RANGES);
+
+impl RuleValue {
+    /// Whether `port` (host order) is in one of the ranges.
+    #[inline(always)]
+    pub fn allows(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_RANGES {
+            if (i as u32) < self.count {
+                let r = self.ranges[i];
+                if port >= r.lo && port <= r.hi {
+                    return true;
+                }
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// A tracked connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The policy revision it was last judged under.
+    pub revision: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 8);
+
+/// Isolation of a pod, by `pod_key`: `ISO_*` bits.
+pub const ISO_INGRESS: u32 = 1 << 0;
+pub const ISO_EGRESS: u32 = 1 << 1;
+
+/// The key of a pod in `SL_PODISO_V1`: 64-bit FNV-1a of `namespace/name`. One function for
+/// the agent and the CNI plugin.
+pub fn pod_key(namespace: &[u8], name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: u8| {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for b in namespace {
+        feed(*b);
+    }
+    feed(b'/');
+    for b in name {
+        feed(*b);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test that a rule value allows exactly the ports in its ranges, ignoring unused slots.
+    #[test]
+    fn ranges_allow() {
+        let mut v = RuleValue {
+            count: 2,
+            ranges: [PortRange::default(); MAX_RANGES],
+        };
+        v.ranges[0] = PortRange { lo: 80, hi: 80 };
+        v.ranges[1] = PortRange { lo: 8000, hi: 8080 };
+        v.ranges[2] = PortRange { lo: 1, hi: 65535 }; // beyond count: ignored
+        assert!(v.allows(80) && v.allows(8000) && v.allows(8080));
+        assert!(!v.allows(81) && !v.allows(7999) && !v.allows(8081) && !v.allows(0));
+    }
+
+    /// Test that the fixed part of a rule key ends where the peer address starts.
+    #[test]
+    fn fixed_bits_cover_up_to_peer_address() {
+        let d = RuleData::v4([10, 0, 0, 1], DIR_INGRESS, 6, [10, 0, 0, 2]);
+        let base = &d as *const RuleData as usize;
+        let addr = &d.peer.addr as *const [u8; 16] as usize;
+        assert_eq!((addr - base) as u32 * 8, fixed_bits());
+    }
+
+    /// Test that the pod key separates namespace and name.
+    #[test]
+    fn pod_key_separates() {
+        assert_ne!(pod_key(b"a", b"bc"), pod_key(b"ab", b"c"));
+        assert_eq!(pod_key(b"x", b"a"), pod_key(b"x", b"a"));
+    }
+}
