@@ -306,6 +306,18 @@ pub fn apply_chosen(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<(), i32> {
     apply(ctx, ip, l4, unsafe { &(*sc).fwd })
 }
 
+/// Puts the tuple the last successful [`forward`] on this CPU chose into `flow` (for policy).
+#[inline(always)]
+pub fn chosen_flow(flow: &mut crate::policy::Flow) -> Result<(), i32> {
+    let sc = LB_SCRATCH.get_ptr(0).ok_or(TC_ACT_SHOT as i32)?;
+    let x = unsafe { &(*sc).fwd };
+    flow.saddr = v4(&x.saddr);
+    flow.daddr = v4(&x.daddr);
+    flow.sport = x.sport;
+    flow.dport = x.dport;
+    Ok(())
+}
+
 /// Claims a node port (network order, returned as a non-negative `i32`) for external traffic
 /// translated to the node's address: `first` is the reply tuple (backend → node) with the
 /// client's own port, tried first; then ports from the masquerade range. The claim is the

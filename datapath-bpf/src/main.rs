@@ -15,6 +15,7 @@ mod l4;
 mod lb;
 mod lxc;
 mod maps;
+mod policy;
 mod reset;
 mod skb;
 mod sock;

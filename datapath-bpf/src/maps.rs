@@ -5,9 +5,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, sock, svc};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, policy, sock, svc};
 
 #[map(name = "SL_CFG_V1")]
 pub static CONFIG: Array<config::NodeConfig> = Array::pinned(config::MAX_ENTRIES, 0);
@@ -77,3 +77,18 @@ pub struct LbScratch {
 
 #[map(name = "SL_LBSCR")]
 pub static LB_SCRATCH: PerCpuArray<LbScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SL_POL_V1")]
+pub static POLICY: LpmTrie<policy::RuleData, policy::RuleValue> =
+    LpmTrie::pinned(policy::MAX_ENTRIES, 0);
+
+#[map(name = "SL_CT_V1")]
+pub static CONNTRACK: LruHashMap<nat::Tuple, policy::CtEntry> =
+    LruHashMap::pinned(policy::CT_MAX_ENTRIES, 0);
+
+#[map(name = "SL_POLREV_V1")]
+pub static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);
+
+/// Not read by programs: the agent writes it, the CNI plugin reads it at ADD.
+#[map(name = "SL_PODISO_V1")]
+pub static POD_ISOLATION: HashMap<u64, u32> = HashMap::pinned(policy::POD_ISOLATION_MAX_ENTRIES, 0);

@@ -35,7 +35,14 @@ fn same_node(local: [u8; 4], remote: [u8; 4]) -> bool {
         return true;
     }
     let takes_part = |ip: [u8; 4]| match unsafe { ENDPOINTS.get(IpKey::v4(ip)) } {
-        Some(ep) => ep.flags & endpoint::FLAG_NO_SOCKMAP == 0,
+        // An isolated pod's connections stay on the packet path, where policy is enforced.
+        Some(ep) => {
+            ep.flags
+                & (endpoint::FLAG_NO_SOCKMAP
+                    | endpoint::FLAG_ISOLATED_INGRESS
+                    | endpoint::FLAG_ISOLATED_EGRESS)
+                == 0
+        }
         None => false,
     };
     takes_part(local) && takes_part(remote)

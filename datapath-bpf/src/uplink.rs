@@ -169,6 +169,9 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
                 }
                 lb::DROPPED => return Err(aya_ebpf::bindings::TC_ACT_SHOT as i32),
                 to => {
+                    let mut flow = crate::lxc::flow_of(ctx, &ip, 0);
+                    lb::chosen_flow(&mut flow)?;
+                    crate::lxc::enforce(ctx, &flow)?;
                     if lb::apply_chosen(ctx, &ip, &l4).is_err() {
                         return Err(aya_ebpf::bindings::TC_ACT_SHOT as i32);
                     }
