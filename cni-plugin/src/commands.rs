@@ -272,9 +272,17 @@ fn wire(
     }
     user::attach_pinned_tc(&conf.bpffs, pins::PROG_FROM_POD, &host, true)
         .map_err(|e| dp_err(format!("attach to {host}"), e))?;
+    user::attach_pinned_tc(&conf.bpffs, pins::PROG_TO_POD, &host, false)
+        .map_err(|e| dp_err(format!("attach to {host} (egress)"), e))?;
+    // A pod some NetworkPolicy selects starts isolated: its rules follow from the agent.
+    let isolation = user::pod_isolation_flags(
+        &conf.bpffs,
+        env.args.k8s_pod_namespace.as_deref().unwrap_or_default(),
+        env.args.k8s_pod_name.as_deref().unwrap_or_default(),
+    );
     let value = endpoint::Value {
         ifindex: host_link.index,
-        flags: 0,
+        flags: isolation,
         pod_mac: pod_link.mac,
         host_mac,
     };
