@@ -14,7 +14,9 @@ use anyhow::{bail, Context as _};
 use datapath_common::{config, nat, user};
 use ipnetwork::IpNetwork;
 
-use crate::{api, cni_install, datapath, lb, manifests, model::ClusterState, node, services};
+use crate::{
+    api, cni_install, datapath, enforce, lb, manifests, model::ClusterState, node, policy, services,
+};
 
 /// Everything the agent was told on its command line, resolved to concrete values.
 #[derive(Debug, Clone)]
@@ -50,6 +52,15 @@ struct Shared {
     started: Instant,
     cluster: RwLock<Arc<ClusterState>>,
     lb: Mutex<LbState>,
+    policy: Mutex<PolicyState>,
+}
+
+/// NetworkPolicy: the maps, the last compiled set, and its inputs.
+struct PolicyState {
+    maps: enforce::PolicyMaps,
+    set: policy::PolicySet,
+    last_cluster: Option<Arc<ClusterState>>,
+    last_pods: BTreeMap<(String, String), IpAddr>,
 }
 
 /// The service load balancer's state: the maps, what was last computed, and from what.
@@ -104,6 +115,67 @@ impl api::Handler for Shared {
                 .map(|p| p.display().to_string()),
             uptime_seconds: self.started.elapsed().as_secs(),
             counters,
+        })
+    }
+
+    fn policy_trace(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+    ) -> anyhow::Result<api::PolicyTrace> {
+        let proto = match protocol.to_ascii_uppercase().as_str() {
+            "TCP" => services::Proto::Tcp,
+            "UDP" => services::Proto::Udp,
+            "SCTP" => services::Proto::Sctp,
+            other => bail!("unknown protocol {other:?} (TCP, UDP or SCTP)"),
+        };
+        let st = self
+            .policy
+            .lock()
+            .map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
+        let resolve = |what: &str| -> anyhow::Result<(IpAddr, Option<policy::PodRef>)> {
+            if let Ok(ip) = what.parse::<IpAddr>() {
+                return Ok((ip, None));
+            }
+            let (ns, name) = what
+                .split_once('/')
+                .with_context(|| format!("{what:?} is neither NAMESPACE/POD nor an address"))?;
+            let pod = policy::PodRef::new(ns, name);
+            let ep = st.set.endpoint(&pod).with_context(|| {
+                format!("pod {what} has no known address (not on this node, or not started)")
+            })?;
+            let addr = *ep.addrs.first().context("pod without address")?;
+            Ok((addr, Some(pod)))
+        };
+        let (src, src_pod) = resolve(from)?;
+        let (dst, dst_pod) = resolve(to)?;
+        let v = policy::verdict(
+            &st.set,
+            &policy::Connection {
+                src,
+                src_pod,
+                dst,
+                dst_pod,
+                proto,
+                port,
+            },
+        );
+        let mut reasons = Vec::new();
+        for side in [&v.egress, &v.ingress].into_iter().flatten() {
+            reasons.push(format!(
+                "{} of {}: {}",
+                side.direction.as_str(),
+                side.pod,
+                side.decision
+            ));
+        }
+        Ok(api::PolicyTrace {
+            from: from.into(),
+            to: to.into(),
+            allowed: v.allowed,
+            reasons,
         })
     }
 
@@ -343,6 +415,12 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         adopted_maps: dp.adopted_maps,
         started: Instant::now(),
         cluster: RwLock::new(initial),
+        policy: Mutex::new(PolicyState {
+            maps: enforce::PolicyMaps::open(&s.bpffs)?,
+            set: policy::PolicySet::default(),
+            last_cluster: None,
+            last_pods: BTreeMap::new(),
+        }),
         lb: Mutex::new(LbState {
             maps: svc_maps,
             frontends: Vec::new(),
@@ -353,6 +431,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     });
     if let Err(e) = sync_services(&shared) {
         tracing::warn!(error = %format!("{e:#}"), "program services");
+    }
+    if let Err(e) = sync_policy(&shared) {
+        tracing::warn!(error = %format!("{e:#}"), "program network policy");
     }
     let listener = api::bind(&s.state_dir)?;
     let server = tokio::spawn(api::serve(listener, shared.clone()));
@@ -370,10 +451,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
                 // Pods appear through CNI ADD, which does not tell the agent: look often.
                 let sh = shared.clone();
                 let res = tokio::task::spawn_blocking(move || {
-                    (reconcile_pod_flags(&sh), sync_services(&sh))
+                    (reconcile_pod_flags(&sh), sync_services(&sh), sync_policy(&sh))
                 })
                 .await;
-                if let Ok((flags, svcs)) = res {
+                if let Ok((flags, svcs, pol)) = res {
+                    if let Err(e) = pol {
+                        tracing::warn!(error = %format!("{e:#}"), "program network policy");
+                    }
                     if let Err(e) = flags {
                         tracing::warn!(error = %format!("{e:#}"), "reconcile pod flags");
                     }
@@ -514,6 +598,67 @@ fn sync_services(shared: &Shared) -> anyhow::Result<()> {
         );
     }
     st.frontends = want;
+    st.last_cluster = Some(cluster);
+    st.last_pods = pods;
+    Ok(())
+}
+
+/// The local pods (namespace, name) → address, from the endpoint map.
+fn local_pods(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<(String, String), IpAddr>> {
+    Ok(user::Endpoints::open(bpffs)?
+        .list()?
+        .into_iter()
+        .filter(|e| !e.name.is_empty())
+        .map(|e| ((e.namespace, e.name), e.addr))
+        .collect())
+}
+
+/// Recompiles NetworkPolicy when the cluster state or the local pods changed, and programs
+/// the difference into the maps.
+fn sync_policy(shared: &Shared) -> anyhow::Result<()> {
+    let cluster = shared
+        .cluster
+        .read()
+        .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+        .clone();
+    let pods = local_pods(&shared.settings.bpffs)?;
+    let mut st = shared
+        .policy
+        .lock()
+        .map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
+    if st
+        .last_cluster
+        .as_ref()
+        .is_some_and(|c| Arc::ptr_eq(c, &cluster))
+        && st.last_pods == pods
+    {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let node_ips = [IpAddr::V4(shared.node_ip)];
+    let set = policy::compile(
+        &cluster,
+        &policy::LocalNode {
+            node_name: &shared.settings.node_name,
+            node_ips: &node_ips,
+            local_pods: &pods,
+        },
+    );
+    let local: std::collections::BTreeSet<IpAddr> = pods.values().copied().collect();
+    let stats = st.maps.sync(&set, &cluster, &local)?;
+    if stats.written + stats.removed > 0 || st.set != set {
+        tracing::info!(
+            entries = stats.entries,
+            written = stats.written,
+            removed = stats.removed,
+            isolated = stats.isolated_endpoints,
+            overflowed = stats.overflowed,
+            revision = stats.revision,
+            ms = started.elapsed().as_millis() as u64,
+            "network policy programmed"
+        );
+    }
+    st.set = set;
     st.last_cluster = Some(cluster);
     st.last_pods = pods;
     Ok(())

@@ -27,6 +27,25 @@ pub enum Request {
     Status,
     Endpoints,
     Services,
+    /// The NetworkPolicy verdict for a connection `from` → `to` (each `namespace/pod` or an
+    /// address) on `port` with `protocol` (TCP, UDP, SCTP).
+    PolicyTrace {
+        from: String,
+        to: String,
+        port: u16,
+        protocol: String,
+    },
+}
+
+/// A policy trace: the verdict and, per side, what decides it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTrace {
+    pub from: String,
+    pub to: String,
+    pub allowed: bool,
+    /// `egress of ns/pod: …` and `ingress of ns/pod: …` lines.
+    pub reasons: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,6 +120,7 @@ pub enum Reply {
     Status(Status),
     Endpoints(Vec<Endpoint>),
     Services(Vec<ServiceFrontend>),
+    PolicyTrace(PolicyTrace),
     Error(String),
 }
 
@@ -109,6 +129,13 @@ pub trait Handler: Send + Sync + 'static {
     fn status(&self) -> anyhow::Result<Status>;
     fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>>;
     fn services(&self) -> anyhow::Result<Vec<ServiceFrontend>>;
+    fn policy_trace(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+    ) -> anyhow::Result<PolicyTrace>;
 }
 
 /// Binds the socket (replacing a stale one from a killed agent) with mode 0600.
@@ -162,6 +189,14 @@ async fn handle(stream: UnixStream, handler: Arc<dyn Handler>) -> anyhow::Result
                 Request::Status => h.status().map(Reply::Status),
                 Request::Endpoints => h.endpoints().map(Reply::Endpoints),
                 Request::Services => h.services().map(Reply::Services),
+                Request::PolicyTrace {
+                    from,
+                    to,
+                    port,
+                    protocol,
+                } => h
+                    .policy_trace(&from, &to, port, &protocol)
+                    .map(Reply::PolicyTrace),
             })
             .await
             .context("handler panicked")?;
@@ -228,6 +263,9 @@ mod tests {
         }
         fn services(&self) -> anyhow::Result<Vec<ServiceFrontend>> {
             Ok(vec![])
+        }
+        fn policy_trace(&self, _: &str, _: &str, _: u16, _: &str) -> anyhow::Result<PolicyTrace> {
+            anyhow::bail!("no policy")
         }
     }
 

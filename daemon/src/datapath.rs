@@ -16,7 +16,7 @@ use aya::{
     programs::SchedClassifier,
     EbpfLoader,
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, sock, svc, user};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, policy, sock, svc, user};
 
 /// The datapath object, built by build.rs through aya-build.
 pub static OBJECT: &[u8] =
@@ -116,6 +116,30 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
         size_of::<nat::Tuple>(),
         size_of::<svc::Xlate>(),
         svc::CT_MAX_ENTRIES,
+    ),
+    (
+        policy::MAP_NAME,
+        size_of::<u32>() + size_of::<policy::RuleData>(),
+        size_of::<policy::RuleValue>(),
+        policy::MAX_ENTRIES,
+    ),
+    (
+        policy::CT_MAP_NAME,
+        size_of::<nat::Tuple>(),
+        size_of::<policy::CtEntry>(),
+        policy::CT_MAX_ENTRIES,
+    ),
+    (
+        policy::REVISION_MAP_NAME,
+        size_of::<u32>(),
+        size_of::<u32>(),
+        1,
+    ),
+    (
+        policy::POD_ISOLATION_MAP_NAME,
+        size_of::<u64>(),
+        size_of::<u32>(),
+        policy::POD_ISOLATION_MAX_ENTRIES,
     ),
 ];
 
@@ -263,6 +287,7 @@ impl Datapath {
             match nix::net::if_::if_indextoname(ep.value.ifindex) {
                 Ok(name) if name.to_string_lossy() == expected => {
                     user::attach_pinned_tc(&self.bpffs, pins::PROG_FROM_POD, &expected, true)?;
+                    user::attach_pinned_tc(&self.bpffs, pins::PROG_TO_POD, &expected, false)?;
                     ok += 1;
                 }
                 _ => missing += 1,

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod cni_install;
 pub mod datapath;
+pub mod enforce;
 pub mod kube;
 pub mod lb;
 pub mod maglev;

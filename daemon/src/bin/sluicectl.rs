@@ -37,6 +37,27 @@ enum Cmd {
     /// Service frontends (ClusterIPs, NodePorts, external IPs) with their backends and the
     /// number of connections/packets translated.
     Services,
+    /// NetworkPolicy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// The verdict for a connection and the policies and rules that decide it.
+    ///
+    /// Example: sluicectl policy trace --from shop/web --to shop/db --port 5432/TCP
+    Trace {
+        /// Source: NAMESPACE/POD or an address.
+        #[arg(long)]
+        from: String,
+        /// Destination: NAMESPACE/POD or an address.
+        #[arg(long)]
+        to: String,
+        /// Destination port and protocol: PORT/TCP, PORT/UDP or PORT/SCTP (default TCP).
+        #[arg(long, value_name = "PORT[/PROTO]")]
+        port: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +69,18 @@ fn main() -> anyhow::Result<()> {
         Cmd::Status => Request::Status,
         Cmd::Endpoints => Request::Endpoints,
         Cmd::Services => Request::Services,
+        Cmd::Policy(PolicyCmd::Trace { from, to, port }) => {
+            let (port, protocol) = port.split_once('/').unwrap_or((&port, "TCP"));
+            let port: u16 = port
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--port {port:?}: {e} (PORT/PROTO, e.g. 80/TCP)"))?;
+            Request::PolicyTrace {
+                from,
+                to,
+                port,
+                protocol: protocol.to_string(),
+            }
+        }
     };
     let reply = api::call(&args.state_dir, &req)?;
     match (reply, args.output) {
@@ -55,6 +88,18 @@ fn main() -> anyhow::Result<()> {
         (Reply::Status(s), Output::Json) => println!("{}", serde_json::to_string_pretty(&s)?),
         (Reply::Endpoints(e), Output::Json) => println!("{}", serde_json::to_string_pretty(&e)?),
         (Reply::Services(f), Output::Json) => println!("{}", serde_json::to_string_pretty(&f)?),
+        (Reply::PolicyTrace(t), Output::Json) => println!("{}", serde_json::to_string_pretty(&t)?),
+        (Reply::PolicyTrace(t), Output::Table) => {
+            println!(
+                "{} -> {}: {}",
+                t.from,
+                t.to,
+                if t.allowed { "ALLOWED" } else { "DENIED" }
+            );
+            for r in &t.reasons {
+                println!("  {r}");
+            }
+        }
         (Reply::Services(fs), Output::Table) => {
             println!(
                 "{:<32} {:<10} {:<26} {:<8} {:>5} {:<10} {:>10}  BACKENDS",

@@ -1,0 +1,529 @@
+//! Turns the compiled NetworkPolicy ([`crate::policy::PolicySet`]) into the datapath's policy
+//! maps (see `datapath_common::policy`): the rule trie per local endpoint, direction and
+//! protocol, the endpoints' isolation flags, the isolation of pods not started yet (read by the
+//! CNI plugin at ADD), and the revision that makes the datapath judge tracked connections again.
+//!
+//! The rule trie answers with its most specific match only, so each entry must already hold
+//! everything that applies to its addresses: for every prefix that appears in an endpoint's
+//! rules (pod /32s, ipBlock CIDRs and their `except`s, 0.0.0.0/0 for "any peer") the entry gets
+//! the union of the port ranges of every rule whose peer contains the whole prefix. An `except`
+//! is then an entry with fewer ranges (possibly none) inside its CIDR. An entry that would need
+//! more than `MAX_RANGES` ranges is written empty: that peer is denied (fail closed), logged.
+//!
+//! Writes are ordered so no moment is more open than both the old and the new policy: new and
+//! changed entries, then isolation flags, then removals, then the revision.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap as BpfHash, Map, MapData,
+};
+use datapath_common::{endpoint, policy, user};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::model::{selector_matches, ClusterState};
+use crate::policy::{Allow, Endpoint, Peer, PolicySet, Ports};
+use crate::services::Proto;
+
+type RuleKey = (u32, policy::RuleData);
+
+/// What one [`PolicyMaps::sync`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub entries: usize,
+    pub written: usize,
+    pub removed: usize,
+    /// Entries written empty because their ranges did not fit (fail closed).
+    pub overflowed: usize,
+    pub isolated_endpoints: usize,
+    pub revision: u32,
+}
+
+/// The policy maps of one bpffs and what is programmed in them.
+pub struct PolicyMaps {
+    rules: LpmTrie<MapData, policy::RuleData, policy::RuleValue>,
+    revision: Array<MapData, u32>,
+    pod_isolation: BpfHash<MapData, u64, u32>,
+    programmed: HashMap<RuleKey, policy::RuleValue>,
+    isolation_keys: BTreeSet<u64>,
+    bpffs: std::path::PathBuf,
+    /// Overflowed entries over the agent's life (a metric for `sluicectl status`).
+    pub overflowed_total: u64,
+}
+
+fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
+    let path = user::map_path(bpffs, name);
+    MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))
+}
+
+fn proto_number(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+        Proto::Sctp => 132,
+    }
+}
+
+/// The IPv4 prefixes a peer stands for, and whether the peer contains a whole prefix.
+fn peer_prefixes(peer: &Peer) -> Vec<Ipv4Network> {
+    match peer {
+        Peer::Any => vec![Ipv4Network::new([0, 0, 0, 0].into(), 0).expect("/0")],
+        Peer::Pod { addrs, .. } => addrs
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Ipv4Network::new(*v4, 32).ok(),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+        Peer::Block(b) => std::iter::once(&b.cidr)
+            .chain(&b.except)
+            .filter_map(|n| match n {
+                IpNetwork::V4(v4) => Some(*v4),
+                IpNetwork::V6(_) => None,
+            })
+            .collect(),
+    }
+}
+
+fn v4_is_subnet(inner: &Ipv4Network, outer: &Ipv4Network) -> bool {
+    inner.prefix() >= outer.prefix() && outer.contains(inner.network())
+}
+
+/// Whether every address of `p` (that has no more specific entry) belongs to the peer.
+fn peer_contains(peer: &Peer, p: &Ipv4Network) -> bool {
+    match peer {
+        Peer::Any => true,
+        Peer::Pod { addrs, .. } => p.prefix() == 32 && addrs.contains(&IpAddr::V4(p.network())),
+        Peer::Block(b) => {
+            let IpNetwork::V4(cidr) = b.cidr else {
+                return false;
+            };
+            v4_is_subnet(p, &cidr)
+                && !b.except.iter().any(|e| match e {
+                    IpNetwork::V4(e) => v4_is_subnet(p, e),
+                    IpNetwork::V6(_) => false,
+                })
+        }
+    }
+}
+
+/// Sorted, coalesced ranges.
+fn coalesce(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    r.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in r {
+        match out.last_mut() {
+            Some(last) if lo as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// The trie entries of one endpoint's allows in one direction: ((protocol, peer prefix),
+/// ranges).
+fn entries_for(allows: &[Allow]) -> Vec<((u8, Ipv4Network), Vec<(u16, u16)>)> {
+    // Group the allows by the protocol key they go under.
+    let mut by_proto: BTreeMap<u8, Vec<(&Peer, (u16, u16))>> = BTreeMap::new();
+    for a in allows {
+        let (proto, range) = match a.ports {
+            Ports::All => (policy::PROTO_ANY, (0, u16::MAX)),
+            Ports::Range { proto, first, last } => (proto_number(proto), (first, last)),
+        };
+        by_proto.entry(proto).or_default().push((&a.peer, range));
+    }
+    let mut out = Vec::new();
+    for (proto, rules) in by_proto {
+        let prefixes: BTreeSet<Ipv4Network> =
+            rules.iter().flat_map(|(p, _)| peer_prefixes(p)).collect();
+        for p in prefixes {
+            let ranges = coalesce(
+                rules
+                    .iter()
+                    .filter(|(peer, _)| peer_contains(peer, &p))
+                    .map(|(_, r)| *r)
+                    .collect(),
+            );
+            out.push(((proto, p), ranges));
+        }
+    }
+    out
+}
+
+/// The pods of `state` a policy isolates, by `policy::pod_key`: `ISO_*` bits. Computed from
+/// selectors alone, so pods without an address yet (not started) are covered.
+pub fn pod_isolation(state: &ClusterState) -> BTreeMap<u64, u32> {
+    let mut out = BTreeMap::new();
+    for pod in state.pods() {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let mut iso = 0;
+        for np in state.network_policies_in(ns) {
+            // A policy without a spec selects every pod for ingress (and allows nothing).
+            let Some(spec) = &np.spec else {
+                iso |= policy::ISO_INGRESS;
+                continue;
+            };
+            // An absent podSelector, like an empty one, selects every pod of the namespace.
+            let selected = match &spec.pod_selector {
+                Some(sel) => selector_matches(sel, &labels).unwrap_or(false),
+                None => true,
+            };
+            if !selected {
+                continue;
+            }
+            // As the API server defaults them: absent (or empty) policyTypes mean Ingress, plus
+            // Egress when the policy has at least one egress rule.
+            let types: Vec<&str> = match &spec.policy_types {
+                Some(t) if !t.is_empty() => t.iter().map(String::as_str).collect(),
+                _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
+                    vec!["Ingress", "Egress"]
+                }
+                _ => vec!["Ingress"],
+            };
+            if types.contains(&"Ingress") {
+                iso |= policy::ISO_INGRESS;
+            }
+            if types.contains(&"Egress") {
+                iso |= policy::ISO_EGRESS;
+            }
+        }
+        if iso != 0 {
+            out.insert(policy::pod_key(ns.as_bytes(), name.as_bytes()), iso);
+        }
+    }
+    out
+}
+
+/// The isolation flags an endpoint should carry.
+pub fn isolation_flags(e: &Endpoint) -> u32 {
+    let mut f = 0;
+    if e.ingress.is_isolated() {
+        f |= endpoint::FLAG_ISOLATED_INGRESS;
+    }
+    if e.egress.is_isolated() {
+        f |= endpoint::FLAG_ISOLATED_EGRESS;
+    }
+    f
+}
+
+impl PolicyMaps {
+    /// Opens the pinned maps and reads back what an earlier agent programmed.
+    pub fn open(bpffs: &Path) -> anyhow::Result<Self> {
+        let rules: LpmTrie<MapData, policy::RuleData, policy::RuleValue> =
+            LpmTrie::try_from(Map::LpmTrie(open_map(bpffs, policy::MAP_NAME)?))?;
+        let revision = Array::try_from(Map::Array(open_map(bpffs, policy::REVISION_MAP_NAME)?))?;
+        let pod_isolation = BpfHash::try_from(Map::HashMap(open_map(
+            bpffs,
+            policy::POD_ISOLATION_MAP_NAME,
+        )?))?;
+        let mut programmed = HashMap::new();
+        for k in rules.keys() {
+            let k = k.context("read the policy trie")?;
+            if let Ok(v) = rules.get(&k, 0) {
+                programmed.insert((k.prefix_len(), k.data()), v);
+            }
+        }
+        let isolation_keys = pod_isolation
+            .keys()
+            .collect::<Result<BTreeSet<u64>, _>>()
+            .context("read pod isolation")?;
+        Ok(Self {
+            rules,
+            revision,
+            pod_isolation,
+            programmed,
+            isolation_keys,
+            bpffs: bpffs.to_path_buf(),
+            overflowed_total: 0,
+        })
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> u32 {
+        self.revision.get(&0, 0).unwrap_or(0)
+    }
+
+    /// Makes the maps hold `set` for the endpoints at `local` addresses (this node's pods), and
+    /// the not-yet-started pods' isolation from `state`.
+    pub fn sync(
+        &mut self,
+        set: &PolicySet,
+        state: &ClusterState,
+        local: &BTreeSet<IpAddr>,
+    ) -> anyhow::Result<SyncStats> {
+        let mut stats = SyncStats::default();
+        let mut want: HashMap<RuleKey, policy::RuleValue> = HashMap::new();
+        let mut flags: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        for e in set.endpoints() {
+            for addr in e.addrs.iter().filter(|a| local.contains(a)) {
+                let IpAddr::V4(subject) = addr else { continue };
+                let f = isolation_flags(e);
+                flags.insert(*addr, f);
+                if f != 0 {
+                    stats.isolated_endpoints += 1;
+                }
+                for (dir, rules) in [
+                    (policy::DIR_INGRESS, &e.ingress),
+                    (policy::DIR_EGRESS, &e.egress),
+                ] {
+                    if !rules.is_isolated() {
+                        continue;
+                    }
+                    for ((proto, prefix), ranges) in entries_for(&rules.allow) {
+                        let mut v = policy::RuleValue {
+                            count: 0,
+                            ranges: [policy::PortRange::default(); policy::MAX_RANGES],
+                        };
+                        if ranges.len() > policy::MAX_RANGES {
+                            stats.overflowed += 1;
+                            tracing::warn!(
+                                pod = %e.pod,
+                                peer = %prefix,
+                                ranges = ranges.len(),
+                                "policy needs more port ranges than fit: this peer is denied (fail closed)"
+                            );
+                        } else {
+                            v.count = ranges.len() as u32;
+                            for (slot, (lo, hi)) in v.ranges.iter_mut().zip(&ranges) {
+                                *slot = policy::PortRange { lo: *lo, hi: *hi };
+                            }
+                        }
+                        let data = policy::RuleData::v4(
+                            subject.octets(),
+                            dir,
+                            proto,
+                            prefix.network().octets(),
+                        );
+                        let len = policy::fixed_bits() + prefix.prefix() as u32;
+                        want.insert((len, data), v);
+                    }
+                }
+            }
+        }
+        self.overflowed_total += stats.overflowed as u64;
+        let mut changed = false;
+        // 1. New and changed entries.
+        for (k, v) in &want {
+            if self.programmed.get(k) != Some(v) {
+                self.rules
+                    .insert(&Key::new(k.0, k.1), *v, 0)
+                    .context("write a policy rule")?;
+                stats.written += 1;
+                changed = true;
+            }
+        }
+        // 2. Isolation of running endpoints and of pods to come.
+        let mut eps = user::Endpoints::open(&self.bpffs)?;
+        let mut newly_isolated = BTreeSet::new();
+        for rec in eps.list()? {
+            let want_iso = flags.get(&rec.addr).copied().unwrap_or(0);
+            let iso_bits = endpoint::FLAG_ISOLATED_INGRESS | endpoint::FLAG_ISOLATED_EGRESS;
+            let next = (rec.value.flags & !iso_bits) | want_iso;
+            if next != rec.value.flags {
+                eps.set_flags(rec.addr, next)?;
+                changed = true;
+                if want_iso & !rec.value.flags != 0 {
+                    newly_isolated.insert(rec.addr);
+                }
+            }
+        }
+        let iso = pod_isolation(state);
+        for (k, v) in &iso {
+            if self.pod_isolation.get(k, 0).ok() != Some(*v) {
+                self.pod_isolation
+                    .insert(k, v, 0)
+                    .context("write pod isolation")?;
+            }
+        }
+        for k in self
+            .isolation_keys
+            .difference(&iso.keys().copied().collect())
+        {
+            user::absent_is_ok(self.pod_isolation.remove(k)).context("remove pod isolation")?;
+        }
+        self.isolation_keys = iso.keys().copied().collect();
+        // 3. Entries no longer wanted.
+        let gone: Vec<RuleKey> = self
+            .programmed
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in &gone {
+            user::absent_is_ok(self.rules.remove(&Key::new(k.0, k.1)))
+                .context("remove a policy rule")?;
+            stats.removed += 1;
+            changed = true;
+        }
+        stats.entries = want.len();
+        self.programmed = want;
+        // 4. Tracked connections are judged again under the new rules.
+        let mut rev = self.revision();
+        if changed {
+            rev = rev.wrapping_add(1);
+            self.revision
+                .set(0, rev, 0)
+                .context("bump the policy revision")?;
+        }
+        stats.revision = rev;
+        if !newly_isolated.is_empty() {
+            evict_accelerated(&self.bpffs, &newly_isolated)?;
+        }
+        Ok(stats)
+    }
+}
+
+/// Takes the sockets of `addrs` out of the socket acceleration map: their data goes back
+/// through TCP and the TC programs, where policy judges it (sockops accelerates no new
+/// connection of an isolated pod).
+pub fn evict_accelerated(bpffs: &Path, addrs: &BTreeSet<IpAddr>) -> anyhow::Result<usize> {
+    use aya::maps::SockHash;
+    let md = match MapData::from_pin(user::map_path(bpffs, datapath_common::sock::MAP_NAME)) {
+        Ok(md) => md,
+        Err(_) => return Ok(0),
+    };
+    let mut hash: SockHash<MapData, datapath_common::sock::SockKey> =
+        SockHash::try_from(Map::SockHash(md)).context("sockhash map type")?;
+    let keys: Vec<datapath_common::sock::SockKey> = hash.keys().filter_map(Result::ok).collect();
+    let v4 = |a: &[u8; 16]| IpAddr::V4(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+    let mut n = 0;
+    for k in keys {
+        if addrs.contains(&v4(&k.local_addr)) || addrs.contains(&v4(&k.remote_addr)) {
+            user::absent_is_ok(hash.remove(&k)).context("evict an accelerated socket")?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Direction, IpBlock, ObjectRef, RuleRef};
+
+    fn allow(peer: Peer, ports: Ports) -> Allow {
+        Allow {
+            rule: RuleRef {
+                policy: ObjectRef::new("x", "p"),
+                direction: Direction::Ingress,
+                index: 0,
+            },
+            peer,
+            ports,
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn tcp(first: u16, last: u16) -> Ports {
+        Ports::Range {
+            proto: Proto::Tcp,
+            first,
+            last,
+        }
+    }
+
+    /// Test that overlapping and adjacent ranges coalesce and disjoint ones stay apart.
+    #[test]
+    fn ranges_coalesce() {
+        assert_eq!(
+            coalesce(vec![(80, 80), (81, 90), (85, 100), (200, 200), (1, 1)]),
+            vec![(1, 1), (80, 100), (200, 200)]
+        );
+    }
+
+    /// Test that an ipBlock with an except becomes the CIDR with its ports and the except with
+    /// none, and that a pod inside the except that another rule allows gets only that rule's
+    /// ports: each trie entry is exactly what applies to the addresses it is the longest
+    /// match for.
+    #[test]
+    fn except_and_pod_entries_hold_the_union_of_their_containers() {
+        let block = Peer::Block(IpBlock::new(
+            "10.0.0.0/8".parse().unwrap(),
+            ["10.1.0.0/16".parse().unwrap()],
+        ));
+        let pod = Peer::Pod {
+            pod: ObjectRef::new("y", "b"),
+            addrs: vec!["10.1.2.3".parse().unwrap()],
+        };
+        let out: BTreeMap<(u8, Ipv4Network), Vec<(u16, u16)>> = entries_for(&[
+            allow(block, tcp(80, 80)),
+            allow(pod, tcp(443, 443)),
+            allow(Peer::Any, tcp(53, 53)),
+        ])
+        .into_iter()
+        .collect();
+        assert_eq!(out[&(6, net("0.0.0.0/0"))], vec![(53, 53)]);
+        assert_eq!(out[&(6, net("10.0.0.0/8"))], vec![(53, 53), (80, 80)]);
+        assert_eq!(out[&(6, net("10.1.0.0/16"))], vec![(53, 53)]);
+        assert_eq!(out[&(6, net("10.1.2.3/32"))], vec![(53, 53), (443, 443)]);
+        assert_eq!(out.len(), 4);
+    }
+
+    /// Test that a rule without ports goes under the any-protocol key with every port.
+    #[test]
+    fn all_ports_rule_goes_under_any_protocol() {
+        let out = entries_for(&[allow(Peer::Any, Ports::All)]);
+        assert_eq!(
+            out,
+            vec![((policy::PROTO_ANY, net("0.0.0.0/0")), vec![(0, u16::MAX)])]
+        );
+    }
+
+    /// Test that isolation before a pod has an address follows the API server's defaulting of
+    /// policyTypes: Ingress always, Egress only with at least one egress rule or when named.
+    #[test]
+    fn pod_isolation_follows_policy_types_defaulting() {
+        let docs = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {pod: c}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: empty-egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  egress: []
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: with-egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  egress: [{}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-only, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  policyTypes: [Egress]
+";
+        let mut state = ClusterState::new();
+        for o in crate::manifests::parse_bytes(Path::new("t.yaml"), docs.as_bytes()).unwrap() {
+            state.apply(o).unwrap();
+        }
+        let iso = pod_isolation(&state);
+        let key = |n: &str| policy::pod_key(b"x", n.as_bytes());
+        assert_eq!(iso[&key("a")], policy::ISO_INGRESS);
+        assert_eq!(iso[&key("b")], policy::ISO_INGRESS | policy::ISO_EGRESS);
+        assert_eq!(iso[&key("c")], policy::ISO_EGRESS);
+    }
+}
