@@ -6,6 +6,7 @@
 //! sluice-svcprobe probe --to IP:PORT [--udp] [--count N] [--timeout-ms 2000] [--bind IP]
 //! sluice-svcprobe loop --to IP:PORT --ms DURATION [--timeout-ms 2000]
 //! sluice-svcprobe hold --to IP:PORT [--timeout-ms 2000]
+//! sluice-svcprobe multi --target NAME=IP:PORT/tcp|udp... [--timeout-ms 2000]
 //! ```
 //! - `serve`: on each TCP connection writes `NAME PEER\n` (PEER: the client address it sees)
 //!   and then echoes what it reads until the client closes; on each UDP datagram answers `NAME PEER`. Prints `ready` once listening.
@@ -15,6 +16,9 @@
 //! - `loop`: like probe, for a duration; also reports the longest time one attempt took.
 //! - `hold`: one connection kept open; each stdin line sends a ping that must come back
 //!   (`ok` or `error KIND` on stdout).
+//!
+//! - `multi`: one attempt per target, all at once (a thread each); prints a JSON object
+//!   `{NAME: "ok SERVER" | "error KIND"}` (for the policy matrix: many pairs, one timeout).
 //!
 //! Errors are counted by kind (`refused`, `timeout`, `reset`, `other:<msg>`), never fatal.
 
@@ -222,12 +226,40 @@ fn probe(args: &[String], duration: Option<Duration>) {
     );
 }
 
+fn multi(args: &[String]) {
+    let timeout =
+        Duration::from_millis(arg(args, "--timeout-ms").map_or(2000, |t| t.parse().expect("ms")));
+    let handles: Vec<_> = all(args, "--target")
+        .into_iter()
+        .map(|t| {
+            let (name, rest) = t.split_once('=').expect("--target NAME=IP:PORT/PROTO");
+            let (addr, proto) = rest.rsplit_once('/').expect("--target NAME=IP:PORT/PROTO");
+            let to: SocketAddr = addr.parse().expect("--target address");
+            let udp = proto.eq_ignore_ascii_case("udp");
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                let r = match attempt(to, udp, timeout) {
+                    Ok((server, _, _)) => format!("ok {server}"),
+                    Err(k) => format!("error {k}"),
+                };
+                (name, r)
+            })
+        })
+        .collect();
+    let out: BTreeMap<String, String> = handles
+        .into_iter()
+        .map(|h| h.join().expect("probe thread"))
+        .collect();
+    println!("{}", serde_json::to_string(&out).expect("json"));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") => serve(&args),
         Some("probe") => probe(&args, None),
         Some("hold") => hold(&args),
+        Some("multi") => multi(&args),
         Some("loop") => {
             let ms: u64 = arg(&args, "--ms").expect("--ms").parse().expect("--ms");
             probe(&args, Some(Duration::from_millis(ms)));
