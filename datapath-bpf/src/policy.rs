@@ -4,7 +4,8 @@
 //! A packet passes when no side is isolated in its direction; else when it belongs to a tracked
 //! connection judged under the current policy revision; else it is judged: the source's egress
 //! rules (if the source is isolated for egress) AND the destination's ingress rules (if the
-//! destination is isolated for ingress) must allow it. Traffic between a pod and its own node
+//! destination is isolated for ingress) must allow it (see `datapath_common::policy` for how
+//! connections are tracked). Traffic between a pod and its own node
 //! is always allowed (the API reference: a pod isolated for ingress still accepts its node's
 //! connections; the same for egress keeps probes' and the node's services working), and a pod
 //! reaching itself through its own Service is its own business. A TCP segment that is not a bare SYN and has no tracked connection may
@@ -39,6 +40,7 @@ pub struct Flow {
     pub src_flags: u32,
 }
 
+const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 /// Whether `subject`'s rules in `dir` allow `peer` on `proto`/`port` (host order).
@@ -52,7 +54,8 @@ fn rules_allow(subject: [u8; 4], dir: u8, peer: [u8; 4], proto: u8, port: u16) -
         }
     }
     let any = Key::new(len, RuleData::v4(subject, dir, policy::PROTO_ANY, peer));
-    POLICY.get(&any).is_some()
+    // An `except` inside a rule without ports is an entry with no range: denied.
+    POLICY.get(&any).is_some_and(|v| v.allows(port))
 }
 
 /// Judges a new connection from `s` to `d`: `None` when allowed, else the drop reason.
@@ -96,61 +99,69 @@ fn flags_of(addr: [u8; 4]) -> u32 {
 pub fn check(f: &Flow) -> u32 {
     let isolating = endpoint::FLAG_ISOLATED_INGRESS | endpoint::FLAG_ISOLATED_EGRESS;
     let dflags = flags_of(f.daddr);
+    let rev = POLICY_REVISION.get(0).copied().unwrap_or(0);
+    let fwd = nat::Tuple::v4(f.proto, f.saddr, f.daddr, f.sport, f.dport);
+    let syn = f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if (f.src_flags | dflags) & isolating == 0 {
+        if syn {
+            // Remember who opened it, for when a side becomes isolated.
+            let entry = policy::CtEntry {
+                revision: rev,
+                denied: 0,
+            };
+            let _ = CONNTRACK.insert(&fwd, &entry, BPF_ANY as u64);
+        }
         return 0;
     }
-    let rev = POLICY_REVISION.get(0).copied().unwrap_or(0);
     let node = CONFIG.get(0).map(|c| c.node_ip4).unwrap_or([0; 4]);
-    let fwd = nat::Tuple::v4(f.proto, f.saddr, f.daddr, f.sport, f.dport);
     let back = nat::Tuple::v4(f.proto, f.daddr, f.saddr, f.dport, f.sport);
     let dport = u16::from_be(f.dport);
     let sport = u16::from_be(f.sport);
-    // A tracked connection, in the direction it was first seen.
-    let (seen_fwd, seen_back) = unsafe { (CONNTRACK.get(&fwd), CONNTRACK.get(&back)) };
-    let verdict = match (seen_fwd, seen_back) {
-        (Some(e), _) if e.revision == rev => return 0,
-        (_, Some(e)) if e.revision == rev => return 0,
-        (Some(_), _) => judge(f.saddr, f.daddr, f.proto, dport, f.src_flags, dflags, node),
-        (None, Some(_)) => judge(f.daddr, f.saddr, f.proto, sport, dflags, f.src_flags, node),
-        (None, None) => {
-            let v = judge(f.saddr, f.daddr, f.proto, dport, f.src_flags, dflags, node);
-            let mid_stream = f.proto == IPPROTO_TCP && f.tcp_flags & TCP_ACK != 0;
-            if v.is_some()
-                && mid_stream
-                && judge(f.daddr, f.saddr, f.proto, sport, dflags, f.src_flags, node).is_none()
-            {
-                // The reply of a connection opened before this side became isolated.
-                let entry = policy::CtEntry {
-                    revision: rev,
-                    _pad: 0,
-                };
-                let _ = CONNTRACK.insert(&back, &entry, BPF_ANY as u64);
-                return 0;
+    if !syn {
+        // A tracked connection: its verdict, judged again (in the direction it was opened)
+        // when the policy changed since.
+        if let Some(e) = CONNTRACK.get_ptr_mut(&fwd) {
+            let e = unsafe { &mut *e };
+            if e.revision != rev {
+                let v = judge(f.saddr, f.daddr, f.proto, dport, f.src_flags, dflags, node);
+                e.denied = v.unwrap_or(0);
+                e.revision = rev;
             }
-            if v.is_none() {
-                count(metrics::POLICY_ALLOWED, 0);
+            return e.denied;
+        }
+        if let Some(e) = CONNTRACK.get_ptr_mut(&back) {
+            let e = unsafe { &mut *e };
+            if e.revision != rev {
+                let v = judge(f.daddr, f.saddr, f.proto, sport, dflags, f.src_flags, node);
+                e.denied = v.unwrap_or(0);
+                e.revision = rev;
             }
-            v
-        }
-    };
-    match verdict {
-        None => {
-            let entry = policy::CtEntry {
-                revision: rev,
-                _pad: 0,
-            };
-            let key = if seen_back.is_some() && seen_fwd.is_none() {
-                &back
-            } else {
-                &fwd
-            };
-            let _ = CONNTRACK.insert(key, &entry, BPF_ANY as u64);
-            0
-        }
-        Some(reason) => {
-            let _ = CONNTRACK.remove(&fwd);
-            let _ = CONNTRACK.remove(&back);
-            reason
+            return e.denied;
         }
     }
+    // A new connection, or one older than the tracker (opened before the agent, or evicted).
+    let v = judge(f.saddr, f.daddr, f.proto, dport, f.src_flags, dflags, node);
+    let mid_stream = f.proto == IPPROTO_TCP && f.tcp_flags & TCP_ACK != 0;
+    if v.is_some()
+        && mid_stream
+        && judge(f.daddr, f.saddr, f.proto, sport, dflags, f.src_flags, node).is_none()
+    {
+        // Untracked mid-stream: the reply of a connection the peer may have opened; its
+        // opening direction is allowed, so it is taken as that.
+        let entry = policy::CtEntry {
+            revision: rev,
+            denied: 0,
+        };
+        let _ = CONNTRACK.insert(&back, &entry, BPF_ANY as u64);
+        return 0;
+    }
+    if v.is_none() {
+        count(metrics::POLICY_ALLOWED, 0);
+    }
+    let entry = policy::CtEntry {
+        revision: rev,
+        denied: v.unwrap_or(0),
+    };
+    let _ = CONNTRACK.insert(&fwd, &entry, BPF_ANY as u64);
+    v.unwrap_or(0)
 }

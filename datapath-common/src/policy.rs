@@ -13,11 +13,12 @@
 //! **Isolation** is two endpoint flags (`endpoint::FLAG_ISOLATED_*`): a pod no policy selects
 //! in a direction is not checked at all in that direction.
 //!
-//! **Connection tracking** (`SL_CT_V1`, LRU): a connection allowed once is recorded under its
-//! tuple as first seen; packets of either direction that find it pass without a rule lookup
-//! while its `revision` is the current one (`SL_POLREV_V1`). The agent bumps the revision on
-//! every policy change, so the next packet of each tracked connection is judged again and a
-//! connection that became denied stops.
+//! **Connection tracking** (`SL_CT_V1`, LRU): every TCP connection is recorded at its SYN
+//! (so the direction it was opened in is known), and every connection judged against rules is
+//! recorded with the verdict; packets of either direction that find it follow that verdict
+//! without a rule lookup while its `revision` is the current one (`SL_POLREV_V1`). The agent
+//! bumps the revision on every policy change, so the next packet of each tracked connection is
+//! judged again, in its opening direction, and a connection that became denied stops.
 
 use crate::addr::IpKey;
 
@@ -112,13 +113,15 @@ impl RuleValue {
     }
 }
 
-/// A tracked connection.
+/// A tracked connection, keyed by its tuple in the direction it was opened.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
     /// The policy revision it was last judged under.
     pub revision: u32,
-    pub _pad: u32,
+    /// 0 when allowed, else the drop reason (`metrics::DROP_POLICY_*`) it was denied with:
+    /// its packets are dropped until the next revision judges it again.
+    pub denied: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 8);
 
