@@ -69,11 +69,17 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     services(ctx, cfg, &hdr, ifindex, &mut flow)
 }
 
+/// SCTP (its ports are judged by policy; the datapath does not balance it).
+const IPPROTO_SCTP: u8 = 132;
+
 /// The packet's tuple for policy (ports 0 for protocols without them).
 #[inline(always)]
 pub fn flow_of(ctx: &TcContext, hdr: &Ipv4Hdr, src_flags: u32) -> Flow {
     let off = ETH_HLEN + hdr.header_len();
-    let with_ports = (hdr.proto == IPPROTO_TCP || hdr.proto == IPPROTO_UDP) && !hdr.is_fragment();
+    // SCTP's common header starts with the ports too (RFC 9260 §3.1).
+    let with_ports =
+        (hdr.proto == IPPROTO_TCP || hdr.proto == IPPROTO_UDP || hdr.proto == IPPROTO_SCTP)
+            && !hdr.is_fragment();
     let ports: [u16; 2] = if with_ports {
         ctx.load(off).unwrap_or([0, 0])
     } else {

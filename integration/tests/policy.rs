@@ -538,3 +538,38 @@ fn egress_ip_block_with_except() {
     let _ = s.kill();
     let _ = s.wait();
 }
+
+/// Test that `sluicectl policy trace` gives the verdict and what decides it, as the
+/// datapath enforces it: denied into x/a from y/b with the isolating policy named, allowed
+/// from x/b by the policy's rule, and not isolated for egress.
+#[test]
+fn policy_trace_names_the_deciding_policies() {
+    let m = matrix();
+    m.policy(
+        "t",
+        &np("x", "from-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n    ports: [{port: 80}]\n"),
+    );
+    m.expect("x/a from x/b on TCP 80 only", |f, to, port, proto| {
+        to != ("x", "a") || (f == ("x", "b") && port == 80 && proto == "tcp")
+    });
+    let denied = m.node.sluicectl_json(&[
+        "policy", "trace", "--from", "y/b", "--to", "x/a", "--port", "80/TCP",
+    ]);
+    assert_eq!(denied["allowed"], false, "{denied:#}");
+    let text = denied["reasons"].to_string();
+    assert!(text.contains("x/from-b"), "{denied:#}");
+    let allowed = m.node.sluicectl_json(&[
+        "policy", "trace", "--from", "x/b", "--to", "x/a", "--port", "80/TCP",
+    ]);
+    assert_eq!(allowed["allowed"], true, "{allowed:#}");
+    assert!(
+        allowed["reasons"]
+            .to_string()
+            .contains("x/from-b ingress[0]"),
+        "{allowed:#}"
+    );
+    let udp = m.node.sluicectl_json(&[
+        "policy", "trace", "--from", "x/b", "--to", "x/a", "--port", "80/UDP",
+    ]);
+    assert_eq!(udp["allowed"], false, "{udp:#}");
+}
