@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use datapath_common::{config, endpoint, metrics, nat, pins, sock, user};
+use datapath_common::{config, endpoint, metrics, nat, pins, policy, sock, svc, user};
 use integration::{node::NODE_IP, unique, CniCall, CniOutput, Netns, Node, NodeOptions};
 use serde_json::json;
 
@@ -70,8 +70,8 @@ fn pins_under(dir: &Path, out: &mut BTreeSet<PathBuf>) {
     }
 }
 
-/// The pins the datapath is made of: its maps, its TC programs, and the sockops cgroup link
-/// (the fixture gives every agent a cgroup, so socket acceleration is on).
+/// The pins the datapath is made of: its maps, its TC programs, and the cgroup links of socket
+/// acceleration and socket load balancing (the fixture gives every agent a cgroup).
 fn expected_pins(bpffs: &Path) -> BTreeSet<PathBuf> {
     let maps = [
         config::MAP_NAME,
@@ -82,11 +82,29 @@ fn expected_pins(bpffs: &Path) -> BTreeSet<PathBuf> {
         nat::REV_MAP_NAME,
         sock::MAP_NAME,
         sock::PODNS_MAP_NAME,
+        svc::MAP_NAME,
+        svc::BACKEND_MAP_NAME,
+        svc::MAGLEV_MAP_NAME,
+        svc::AFFINITY_MAP_NAME,
+        svc::SOCK_REV_MAP_NAME,
+        svc::COUNTER_MAP_NAME,
+        svc::CT_MAP_NAME,
+        policy::MAP_NAME,
+        policy::CT_MAP_NAME,
+        policy::REVISION_MAP_NAME,
+        policy::POD_ISOLATION_MAP_NAME,
     ];
     let maps = maps.iter().map(|m| user::map_path(bpffs, m));
     let progs = pins::PROGRAMS.iter().map(|p| user::prog_path(bpffs, p));
-    let link = bpffs.join(pins::LINKS_DIR).join(pins::LINK_SOCKOPS);
-    maps.chain(progs).chain([link]).collect()
+    let links = [
+        pins::LINK_SOCKOPS,
+        "sock4_connect",
+        "sock4_sendmsg",
+        "sock4_recvmsg",
+        "sock4_getpeername",
+    ]
+    .map(|l| bpffs.join(pins::LINKS_DIR).join(l));
+    maps.chain(progs).chain(links).collect()
 }
 
 /// Asserts that the bpffs holds exactly the datapath's pins, all under `sluice/`.
