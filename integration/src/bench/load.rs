@@ -4,13 +4,15 @@
 //! so with one connection the rate is the inverse of the round-trip time through the
 //! datapath; with `connections` N > 1, N threads each run that loop on a connection of their
 //! own (N transactions in flight, like N netperf instances) and their histograms are merged.
-//! Every run is bounded: a fixed duration, socket timeouts, at most `workers` server
-//! connections, and a server lifetime cap. Each process reports its own `getrusage` (all its
-//! threads), so the orchestrator can charge CPU per request.
+//! With `spread` N > 1 every new connection goes to one of N consecutive addresses (the first
+//! is `to`'s), chosen uniformly at random: the Service scenarios' clients, which pick one of N
+//! ClusterIPs per connection. Every run is bounded: a fixed duration, socket timeouts, at most
+//! `workers` server connections, and a server lifetime cap. Each process reports its own
+//! `getrusage` (all its threads), so the orchestrator can charge CPU per request.
 
 use std::{
     io::{self, BufRead as _, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc,
@@ -69,6 +71,48 @@ pub struct ClientOpts {
     pub timeout: Duration,
     /// Connections run at once, each by a thread of its own with one transaction in flight.
     pub connections: usize,
+    /// Addresses to spread connections over: `to`'s and the `spread - 1` after it (IPv4), one
+    /// chosen at random for each new connection; 1 is `to` alone.
+    pub spread: u32,
+}
+
+impl ClientOpts {
+    /// The address of a new connection.
+    fn target(&self, rng: &mut SplitMix) -> SocketAddr {
+        match self.to {
+            SocketAddr::V4(a) if self.spread > 1 => {
+                let ip = Ipv4Addr::from(u32::from(*a.ip()).wrapping_add(rng.below(self.spread)));
+                SocketAddr::V4(SocketAddrV4::new(ip, a.port()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// splitmix64 (Steele, Lea, Flood 2014): uniform enough to pick addresses, and no crate.
+struct SplitMix(u64);
+
+impl SplitMix {
+    /// Seeded from the clock and the connection's index, so threads and runs differ.
+    fn seeded(index: usize) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self(nanos ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-32 · n).
+    fn below(&mut self, n: u32) -> u32 {
+        (((self.next() >> 32) * u64::from(n)) >> 32) as u32
+    }
 }
 
 /// What a client prints on stdout.
@@ -96,6 +140,9 @@ pub struct ClientReport {
     pub latency: Histogram,
     /// `crr` only: time for `connect` to return (the handshake through the datapath).
     pub connect: Option<Histogram>,
+    /// `crr` only: first-connection latency, `connect` and the first request and response
+    /// (the close that follows is not in it).
+    pub first: Option<Histogram>,
     pub rusage: Rusage,
 }
 
@@ -123,13 +170,14 @@ pub fn run_client(o: &ClientOpts) -> io::Result<ClientReport> {
     // Set by a connection that gives up: the others stop too, and the run fails.
     let failed = AtomicBool::new(false);
     let parts: Vec<io::Result<Part>> = if o.connections <= 1 {
-        vec![drive(o, window, &failed)]
+        vec![drive(o, 0, window, &failed)]
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..o.connections)
-                .map(|_| {
+                .map(|i| {
+                    let failed = &failed;
                     std::thread::Builder::new()
-                        .spawn_scoped(s, || drive(o, window, &failed))
+                        .spawn_scoped(s, move || drive(o, i, window, failed))
                         .inspect_err(|_| failed.store(true, Ordering::Relaxed))
                 })
                 .collect();
@@ -144,12 +192,15 @@ pub fn run_client(o: &ClientOpts) -> io::Result<ClientReport> {
     };
     let mut latency = Histogram::default();
     let mut connect = (o.mode == Mode::Crr).then(Histogram::default);
+    let mut first = (o.mode == Mode::Crr).then(Histogram::default);
     let (mut total, mut errors) = (0u64, 0u64);
     for part in parts {
         let part = part?;
         latency.merge(&part.latency);
-        if let (Some(h), Some(p)) = (connect.as_mut(), part.connect.as_ref()) {
-            h.merge(p);
+        for (h, p) in [(&mut connect, &part.connect), (&mut first, &part.first)] {
+            if let (Some(h), Some(p)) = (h.as_mut(), p.as_ref()) {
+                h.merge(p);
+            }
         }
         total += part.total;
         errors += part.errors;
@@ -173,6 +224,7 @@ pub fn run_client(o: &ClientOpts) -> io::Result<ClientReport> {
         max_us: us(headline.max_ns()),
         latency,
         connect,
+        first,
         rusage: Rusage::this_process(),
     })
 }
@@ -188,20 +240,23 @@ struct Window {
 struct Part {
     latency: Histogram,
     connect: Option<Histogram>,
+    first: Option<Histogram>,
     /// Transactions including the warm-up.
     total: u64,
     errors: u64,
 }
 
-/// One connection's loop: transactions one after the other until the window ends, another
-/// connection gave up (`failed`), or this one fails too often in a row.
-fn drive(o: &ClientOpts, w: Window, failed: &AtomicBool) -> io::Result<Part> {
+/// One connection's loop (the `index`th): transactions one after the other until the window
+/// ends, another connection gave up (`failed`), or this one fails too often in a row.
+fn drive(o: &ClientOpts, index: usize, w: Window, failed: &AtomicBool) -> io::Result<Part> {
     let mut p = Part {
         latency: Histogram::default(),
         connect: (o.mode == Mode::Crr).then(Histogram::default),
+        first: (o.mode == Mode::Crr).then(Histogram::default),
         total: 0,
         errors: 0,
     };
+    let mut rng = SplitMix::seeded(index);
     let req = vec![b'r'; o.size];
     let mut resp = vec![0u8; o.size];
     let mut consecutive = 0u64;
@@ -216,7 +271,7 @@ fn drive(o: &ClientOpts, w: Window, failed: &AtomicBool) -> io::Result<Part> {
                 // The one connection, reopened after a failure.
                 let conn = match rr_conn.take() {
                     Some(s) => Ok(s),
-                    None => open(o),
+                    None => open(o, o.target(&mut rng)),
                 };
                 conn.and_then(|mut s| {
                     transact(&mut s, &req, &mut resp)?;
@@ -224,9 +279,10 @@ fn drive(o: &ClientOpts, w: Window, failed: &AtomicBool) -> io::Result<Part> {
                     Ok(None)
                 })
             }
-            Mode::Crr => open(o).and_then(|mut s| {
+            Mode::Crr => open(o, o.target(&mut rng)).and_then(|mut s| {
                 let connected = t0.elapsed();
-                transact(&mut s, &req, &mut resp).map(|()| Some(connected))
+                transact(&mut s, &req, &mut resp)?;
+                Ok(Some((connected, t0.elapsed())))
             }),
         };
         let t1 = Instant::now();
@@ -236,8 +292,12 @@ fn drive(o: &ClientOpts, w: Window, failed: &AtomicBool) -> io::Result<Part> {
                 p.total += 1;
                 if t0 >= w.measure_from {
                     p.latency.record((t1 - t0).as_nanos() as u64);
-                    if let (Some(h), Some(c)) = (p.connect.as_mut(), connected) {
-                        h.record(c.as_nanos() as u64);
+                    if let Some((c, f)) = connected {
+                        for (h, d) in [(&mut p.connect, c), (&mut p.first, f)] {
+                            if let Some(h) = h.as_mut() {
+                                h.record(d.as_nanos() as u64);
+                            }
+                        }
                     }
                 }
             }
@@ -257,8 +317,8 @@ fn drive(o: &ClientOpts, w: Window, failed: &AtomicBool) -> io::Result<Part> {
     Ok(p)
 }
 
-fn open(o: &ClientOpts) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&o.to, o.timeout)?;
+fn open(o: &ClientOpts, to: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&to, o.timeout)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(o.timeout))?;
     s.set_write_timeout(Some(o.timeout))?;
@@ -350,6 +410,7 @@ mod tests {
             warmup: Duration::from_millis(50),
             timeout: Duration::from_secs(2),
             connections: 8,
+            spread: 1,
         })
         .expect("run the client");
         assert_eq!(r.connections, 8);
@@ -357,5 +418,50 @@ mod tests {
         assert_eq!(accepted.load(Ordering::Relaxed), 8);
         assert!(r.transactions > 0 && r.transactions <= r.transactions_total);
         assert_eq!(r.latency.count(), r.transactions);
+    }
+
+    /// Test that `crr` with `spread` 3 opens connections to all three consecutive addresses
+    /// (127.0.0.1 to .3, all loopback) and records a first-connection latency for each
+    /// transaction, at least as long as its connect.
+    #[test]
+    fn crr_spread_reaches_every_address_and_records_first_connection() {
+        let mut counts = Vec::new();
+        let mut port = 0;
+        for last in 1..=3u8 {
+            let ip = Ipv4Addr::new(127, 0, 0, last);
+            // The first listener picks the port; the others take the same on their address.
+            let listener = TcpListener::bind((ip, port)).expect("bind on loopback");
+            port = listener.local_addr().expect("local address").port();
+            let n = Arc::new(AtomicU64::new(0));
+            counts.push(n.clone());
+            std::thread::spawn(move || {
+                while let Ok((s, _)) = listener.accept() {
+                    n.fetch_add(1, Ordering::Relaxed);
+                    std::thread::spawn(move || echo(s, &mut [0u8; 64]));
+                }
+            });
+        }
+        let r = run_client(&ClientOpts {
+            mode: Mode::Crr,
+            to: SocketAddr::from(([127, 0, 0, 1], port)),
+            size: 1,
+            duration: Duration::from_millis(300),
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(2),
+            connections: 1,
+            spread: 3,
+        })
+        .expect("run the client");
+        assert_eq!(r.errors, 0);
+        for (i, n) in counts.iter().enumerate() {
+            assert!(
+                n.load(Ordering::Relaxed) > 0,
+                "127.0.0.{} got nothing",
+                i + 1
+            );
+        }
+        let (first, connect) = (r.first.expect("first"), r.connect.expect("connect"));
+        assert_eq!(first.count(), r.transactions);
+        assert!(first.quantile_ns(0.5) >= connect.quantile_ns(0.5));
     }
 }

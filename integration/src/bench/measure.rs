@@ -23,7 +23,7 @@ use super::{
     Context as _, Error, Result,
 };
 
-const LOAD_PORT: u16 = 7000;
+pub(super) const LOAD_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 /// How long a server may take to say it is listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ pub struct Timing {
 }
 
 impl Timing {
-    fn bound(&self) -> Duration {
+    pub(super) fn bound(&self) -> Duration {
         Duration::from_secs_f64(self.seconds + self.warmup) + SLACK
     }
 }
@@ -231,7 +231,7 @@ pub fn stream(sys: &dyn System, t: Timing) -> Result<StreamSample> {
 
 /// Machine-wide softirq time so far, from the `cpu` line of /proc/stat (USER_HZ ticks, 100 a
 /// second on Linux). This kernel has no IRQ_TIME_ACCOUNTING: the figure is tick-sampled.
-fn softirq_seconds() -> Result<f64> {
+pub(super) fn softirq_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
     stat.lines()
         .next()
@@ -242,14 +242,14 @@ fn softirq_seconds() -> Result<f64> {
 }
 
 /// A background process, killed and reaped when dropped.
-struct Guarded {
+pub(super) struct Guarded {
     child: Child,
     stdout: Option<BufReader<ChildStdout>>,
     what: &'static str,
 }
 
 impl Guarded {
-    fn spawn(cmd: &mut Command, what: &'static str) -> Result<Self> {
+    pub(super) fn spawn(cmd: &mut Command, what: &'static str) -> Result<Self> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -265,7 +265,7 @@ impl Guarded {
     }
 
     /// Reads stdout until a line satisfies `ready`, within [`READY_TIMEOUT`].
-    fn wait_for_line(&mut self, ready: fn(&str) -> bool) -> Result<()> {
+    pub(super) fn wait_for_line(&mut self, ready: fn(&str) -> bool) -> Result<()> {
         let mut out = self.stdout.take().expect("stdout is read once");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -294,7 +294,7 @@ impl Guarded {
     }
 
     /// Closes stdin (the load server's signal to stop) and returns the rest of its stdout.
-    fn stop(mut self) -> Result<String> {
+    pub(super) fn stop(mut self) -> Result<String> {
         drop(self.child.stdin.take());
         let mut rest = String::new();
         // Bounded: the server exits right after stdin closes, or at its own lifetime cap.
@@ -317,7 +317,7 @@ impl Drop for Guarded {
 }
 
 /// Runs `cmd` to completion, killing it if it outlives `limit`; fails unless it exits 0.
-fn run_bounded(cmd: &mut Command, limit: Duration, what: &str) -> Result<Output> {
+pub(super) fn run_bounded(cmd: &mut Command, limit: Duration, what: &str) -> Result<Output> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

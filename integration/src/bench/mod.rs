@@ -2,13 +2,15 @@
 //! on the same kernel, with the same load generator and flags. `veth` is the limit (a bare
 //! veth pair between two namespaces), `bridge` is the reference CNI (containernetworking's
 //! `bridge` + `host-local`, with the iptables rules a kubeadm node carries), and
-//! `sluice-nosockmap` is Sluice without socket acceleration (the TC path alone). Every
-//! topology is built in network namespaces this process makes and releases
-//! (../shared/notes/testing.md).
+//! `sluice-nosockmap` is Sluice without socket acceleration (the TC path alone). The Service
+//! scenarios compare Sluice's load balancing with kube-proxy's iptables mode (`iptables`) on
+//! the bridge CNI. Every topology is built in network namespaces this process makes and
+//! releases (../shared/notes/testing.md).
 //!
 //! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator, [`topo`] the
 //! four systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
-//! timing, [`run`] rounds and rotation, [`report`] the table and JSON, [`svg`] the picture,
+//! timing, [`svc`] the Service scenarios, their two systems and the rules kube-proxy writes,
+//! [`run`] rounds and rotation, [`report`] the table and JSON, [`svg`] the picture,
 //! [`machine`] what it ran on.
 
 pub mod cni;
@@ -18,6 +20,7 @@ pub mod machine;
 pub mod measure;
 pub mod report;
 pub mod run;
+pub mod svc;
 pub mod svg;
 pub mod topo;
 

@@ -1,7 +1,8 @@
 //! The figures a run collected, and their three renderings: the table on the terminal, the
 //! JSON records (`bench/results/latest.json`) and a Markdown table for bench/README.md. Every
 //! figure is the median of its runs, with min and max; ratios are Sluice's median over the
-//! baseline's (`sluice-nosockmap`, Sluice without socket acceleration, is a baseline too).
+//! baseline's (`sluice-nosockmap`, Sluice without socket acceleration, is a baseline too). A
+//! system or ratio column no record of the run has is left out of the tables.
 
 use std::collections::BTreeMap;
 
@@ -11,12 +12,18 @@ use serde_json::{json, Value};
 use super::{hist::Histogram, run::SCENARIOS};
 
 /// Systems in the order of the table's columns; the ratio columns are Sluice over the others.
-pub const SYSTEMS: [&str; 4] = ["sluice", "sluice-nosockmap", "veth", "bridge"];
-pub const BASELINES: [&str; 3] = ["veth", "bridge", "sluice-nosockmap"];
+/// `iptables` (kube-proxy's iptables mode on the bridge CNI) is in the Service scenarios only.
+pub const SYSTEMS: [&str; 5] = ["sluice", "sluice-nosockmap", "veth", "bridge", "iptables"];
+pub const BASELINES: [&str; 4] = ["veth", "bridge", "sluice-nosockmap", "iptables"];
 /// Socket acceleration's targets against the same node without it (issue 6): request rate
 /// at least this many times, p99 latency at most this many times.
 const SOCKMAP_RATE: f64 = 1.5;
 const SOCKMAP_P99: f64 = 0.7;
+/// Service load balancing's targets (issue 4): at 10,000 Services, Sluice keeps this share of
+/// its connection rate at 10, has this many times iptables' rate, and this share of its p99.
+const SVC_SCALE: f64 = 0.95;
+const SVC_RATE: f64 = 2.0;
+const SVC_P99: f64 = 0.5;
 
 /// One figure of one scenario, with every run's value per system.
 pub struct Record {
@@ -174,8 +181,29 @@ impl Results {
         )
     }
 
+    /// The systems some record has, in column order.
+    fn systems(&self) -> Vec<&'static str> {
+        SYSTEMS
+            .into_iter()
+            .filter(|s| self.records.iter().any(|r| r.runs.contains_key(*s)))
+            .collect()
+    }
+
+    /// The baselines some record has a ratio against.
+    fn baselines(&self) -> Vec<&'static str> {
+        BASELINES
+            .into_iter()
+            .filter(|b| {
+                self.records
+                    .iter()
+                    .any(|r| self.ratio(&r.scenario, &r.metric, b).is_some())
+            })
+            .collect()
+    }
+
     /// One row of cells per record: scenario, metric (unit), a cell per system, the ratios.
     fn rows(&self) -> Vec<Vec<String>> {
+        let (systems, baselines) = (self.systems(), self.baselines());
         self.records
             .iter()
             .map(|r| {
@@ -188,8 +216,8 @@ impl Results {
                         if r.higher_is_better { "↑" } else { "↓" }
                     ),
                 ];
-                for s in SYSTEMS {
-                    row.push(match r.runs.get(s) {
+                for s in &systems {
+                    row.push(match r.runs.get(*s) {
                         Some(runs) => {
                             let m = Summary::of(runs);
                             format!("{} ({}–{})", num(m.median), num(m.min), num(m.max))
@@ -197,8 +225,10 @@ impl Results {
                         None => "—".into(),
                     });
                 }
-                for b in BASELINES {
+                for b in &baselines {
                     row.push(match self.ratio(&r.scenario, &r.metric, b) {
+                        // Two decimals, unless that would show a non-zero ratio as 0.00.
+                        Some(x) if x > 0.0 && x < 0.01 => format!("{}×", num(x)),
                         Some(x) => format!("{x:.2}×"),
                         None => "—".into(),
                     });
@@ -208,16 +238,20 @@ impl Results {
             .collect()
     }
 
-    fn header() -> Vec<String> {
+    fn header(&self) -> Vec<String> {
         let mut h = vec!["scenario".to_string(), "metric".to_string()];
-        h.extend(SYSTEMS.iter().map(|s| format!("{s} median (min–max)")));
-        h.extend(BASELINES.iter().map(|b| format!("sluice/{b}")));
+        h.extend(
+            self.systems()
+                .iter()
+                .map(|s| format!("{s} median (min–max)")),
+        );
+        h.extend(self.baselines().iter().map(|b| format!("sluice/{b}")));
         h
     }
 
     /// The table for the terminal, columns aligned.
     pub fn table(&self) -> String {
-        let mut rows = vec![Self::header()];
+        let mut rows = vec![self.header()];
         rows.extend(self.rows());
         let cols = rows[0].len();
         let width: Vec<usize> = (0..cols)
@@ -246,7 +280,7 @@ impl Results {
 
     /// The same table in Markdown.
     pub fn markdown(&self) -> String {
-        let mut rows = vec![Self::header()];
+        let mut rows = vec![self.header()];
         rows.extend(self.rows());
         let mut out = String::new();
         for (i, r) in rows.iter().enumerate() {
@@ -307,6 +341,7 @@ impl Results {
                 _ => {}
             }
         }
+        out.extend(self.svc_targets());
         if let Some(p99) = self.median("cni-add", "p99", "sluice") {
             out.push(format!(
                 "cni-add p99: sluice {} ms (target ≤ 50 ms) {}",
@@ -327,6 +362,49 @@ impl Results {
                     verdict(total == 0.0)
                 ));
             }
+        }
+        out
+    }
+}
+
+impl Results {
+    /// Service load balancing (issue 4): Sluice at 10,000 Services against itself at 10 and
+    /// against kube-proxy's iptables mode; the other Service figures' ratios, without target.
+    fn svc_targets(&self) -> Vec<String> {
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let mut out = Vec::new();
+        for system in ["sluice", "iptables"] {
+            let at = |n: &str| self.median(&format!("svc-crr-{n}"), "rate", system);
+            if let (Some(big), Some(small)) = (at("10000"), at("10")) {
+                let x = big / small;
+                let target = if system == "sluice" {
+                    format!("(target ≥ {SVC_SCALE}) {}", verdict(x >= SVC_SCALE))
+                } else {
+                    "(no target)".to_string()
+                };
+                out.push(format!(
+                    "svc-crr rate: {system} at 10000 / {system} at 10 = {x:.3} {target}"
+                ));
+            }
+        }
+        for r in self
+            .records
+            .iter()
+            .filter(|r| r.scenario.starts_with("svc-"))
+        {
+            let Some(x) = self.ratio(&r.scenario, &r.metric, "iptables") else {
+                continue;
+            };
+            let line = format!("{} {}: sluice/iptables = {x:.3}", r.scenario, r.metric);
+            out.push(match (r.scenario.as_str(), r.metric.as_str()) {
+                ("svc-crr-10000", "rate") => {
+                    format!("{line} (target ≥ {SVC_RATE}) {}", verdict(x >= SVC_RATE))
+                }
+                ("svc-crr-10000", "p99") => {
+                    format!("{line} (target ≤ {SVC_P99}) {}", verdict(x <= SVC_P99))
+                }
+                _ => format!("{line} (no target)"),
+            });
         }
         out
     }
@@ -370,6 +448,38 @@ mod tests {
         assert_eq!(rec["systems"]["sluice"]["max"], 10.0);
         assert_eq!(rec["systems"]["veth"]["median"], 3.0);
         assert!(r.table().contains("0.83×"), "{}", r.table());
+    }
+
+    /// Test that a run of the Service scenarios alone shows only its two systems and their
+    /// ratio, and judges the three Service targets at 10,000 Services.
+    #[test]
+    fn service_records_show_their_systems_and_targets() {
+        let mut r = Results::default();
+        for (scenario, sluice, iptables) in
+            [("svc-crr-10", 100.0, 90.0), ("svc-crr-10000", 96.0, 40.0)]
+        {
+            r.add(scenario, "rate", "conn/s", true, "sluice", sluice);
+            r.add(scenario, "rate", "conn/s", true, "iptables", iptables);
+            r.add(scenario, "p99", "us", false, "sluice", 100.0);
+            r.add(scenario, "p99", "us", false, "iptables", 150.0);
+        }
+        let header = r.table().lines().next().unwrap_or_default().to_string();
+        assert!(header.contains("iptables median") && header.contains("sluice/iptables"));
+        assert!(
+            !header.contains("veth") && !header.contains("bridge"),
+            "{header}"
+        );
+        let t = r.targets();
+        let find = |s: &str| {
+            t.iter()
+                .find(|l| l.starts_with(s))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(find("svc-crr rate: sluice at 10000 / sluice at 10 = 0.960").ends_with("met"));
+        assert!(find("svc-crr-10000 rate: sluice/iptables = 2.400").ends_with("met"));
+        assert!(find("svc-crr-10000 p99: sluice/iptables = 0.667").ends_with("MISSED"));
+        assert!(find("svc-crr-10 rate:").ends_with("(no target)"), "{t:?}");
     }
 
     /// Test that records come out in the scenario list's order, not the order measured, and

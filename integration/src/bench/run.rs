@@ -1,7 +1,9 @@
-//! One benchmark run: build the four systems once, then for each scenario run rounds in which
-//! every system is measured once, the order rotated each round (S N V B, N V B S, …; A/B/A/B
-//! for the socket acceleration scenarios, which measure only the two Sluice systems) so that
-//! drift on the machine hits every system alike; then print and write the results.
+//! One benchmark run: build the four systems once (when a scenario needs them), then for each
+//! scenario run rounds in which every system is measured once, the order rotated each round
+//! (S N V B, N V B S, …; A/B/A/B for the socket acceleration scenarios, which measure only the
+//! two Sluice systems) so that drift on the machine hits every system alike; then the Service
+//! scenarios on their own two systems ([`super::svc`], S I, I S, …); then print and write the
+//! results.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -10,12 +12,12 @@ use super::{
     load::Mode,
     measure::{self, Load, Peers, Timing},
     report::{num, Results},
-    svg,
+    svc, svg,
     topo::{Bridge, Sluice, System, Veth},
     Context as _, Error, Result,
 };
 
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 18] = [
     "pod-pod-rr-1b",
     "pod-pod-rr-1k",
     "pod-pod-crr",
@@ -29,6 +31,11 @@ pub const SCENARIOS: [&str; 13] = [
     "cni-add",
     "cni-del",
     "cni-add-parallel-100",
+    "svc-crr-10",
+    "svc-crr-1000",
+    "svc-crr-10000",
+    "svc-rr-10000",
+    "svc-program-10000",
 ];
 
 /// A `sluice-load` scenario.
@@ -120,24 +127,30 @@ pub struct Config {
     pub results_dir: PathBuf,
     /// Extra flags for Sluice's agent (`--agent-arg --sockmap=false`).
     pub agent_args: Vec<String>,
+    /// The Service scenarios' kube-proxy rules go through iptables-legacy instead of the
+    /// system's `iptables-restore` (iptables-nft on Debian 12).
+    pub iptables_legacy: bool,
     /// File name of the outputs: `latest` for a full run, `quick` for the smoke mode, so a
     /// smoke run never overwrites the committed full results.
     pub stem: &'static str,
 }
 
 pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S] \
-[--only SCENARIO,...] [--results-dir DIR] [--agent-arg A]...
-  --quick        smoke mode: 3 rounds of ~1 s per measurement, 20 pods for cni-add/cni-del
-                 (writes quick.json/quick.svg/quick.md, not latest.*)
+[--only SCENARIO,...] [--results-dir DIR] [--agent-arg A]... [--iptables-legacy]
+  --quick        smoke mode: 3 rounds of ~1 s per measurement, 20 pods for cni-add/cni-del,
+                 1 round of svc-program-10000 (writes quick.json/quick.svg/quick.md, not latest.*)
   --rounds N     rounds per scenario (default 5; each figure is the median of N runs)
   --seconds S    measured seconds per traffic run (default 5)
   --only LIST    comma-separated scenarios among: pod-pod-rr-1b pod-pod-rr-1k pod-pod-crr
                  pod-pod-stream sockmap-rr-1b-1conn sockmap-rr-1k-1conn sockmap-rr-1b-64conn
                  sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-stream cni-add cni-del
-                 cni-add-parallel-100
+                 cni-add-parallel-100 svc-crr-10 svc-crr-1000 svc-crr-10000 svc-rr-10000
+                 svc-program-10000
   --results-dir  where the JSON, SVG and Markdown go (default bench/results)
   --agent-arg A  pass A to both Sluice agents (repeatable), e.g. --agent-arg --no-masquerade;
-                 not --sockmap: the run measures Sluice with and without it";
+                 not --sockmap: the run measures Sluice with and without it
+  --iptables-legacy  the svc-* scenarios' kube-proxy rules through iptables-legacy-restore
+                 instead of the system's iptables-restore (iptables-nft on Debian 12)";
 
 impl Config {
     pub fn from_args(args: &[String]) -> Result<Self> {
@@ -154,6 +167,7 @@ impl Config {
             only: Vec::new(),
             results_dir: PathBuf::from("bench/results"),
             agent_args: Vec::new(),
+            iptables_legacy: false,
             stem: if quick { "quick" } else { "latest" },
         };
         let mut it = args.iter();
@@ -186,6 +200,7 @@ impl Config {
                     }
                 }
                 "--results-dir" => c.results_dir = PathBuf::from(value()?),
+                "--iptables-legacy" => c.iptables_legacy = true,
                 "--agent-arg" => {
                     let arg = value()?;
                     if arg.starts_with("--sockmap") {
@@ -201,7 +216,7 @@ impl Config {
         Ok(c)
     }
 
-    fn wants(&self, scenario: &str) -> bool {
+    pub(super) fn wants(&self, scenario: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == scenario)
     }
 }
@@ -223,6 +238,44 @@ pub fn run(cfg: &Config) -> Result<()> {
     if !cfg.agent_args.is_empty() {
         eprintln!("sluice-bench: agent flags {}", cfg.agent_args.join(" "));
     }
+    let mut res = Results::default();
+    let mut counters = Vec::new();
+    if SCENARIOS
+        .iter()
+        .any(|s| !s.starts_with("svc-") && cfg.wants(s))
+    {
+        counters = pod_scenarios(cfg, &mut res)?;
+    }
+    counters.extend(svc::run(cfg, &mut res)?);
+    let elapsed = started.elapsed();
+    let summary = format!(
+        "{machine}\nsluice agent flags: {} (sluice-nosockmap: the same and --sockmap=false)\n\
+         {}\n\
+         mode: {}, {} rounds, {} s per traffic run; took {:.0} s, load average at end {}",
+        if cfg.agent_args.is_empty() {
+            "defaults".to_string()
+        } else {
+            cfg.agent_args.join(" ")
+        },
+        counters.join("\n"),
+        if cfg.quick { "quick" } else { "full" },
+        cfg.rounds,
+        cfg.timing.seconds,
+        elapsed.as_secs_f64(),
+        super::machine::loadavg()
+    );
+    println!("\n{}", res.table());
+    for line in res.targets() {
+        println!("target  {line}");
+    }
+    write_outputs(cfg, &res, &summary)?;
+    println!("\n{summary}");
+    Ok(())
+}
+
+/// The scenarios of the four systems (pod to pod, socket acceleration, CNI), built here and
+/// released before it returns; returns the Sluice nodes' counter lines for the summary.
+fn pod_scenarios(cfg: &Config, res: &mut Results) -> Result<Vec<String>> {
     eprintln!("sluice-bench: building the sluice, sluice-nosockmap, veth and bridge topologies");
     let sluice = Sluice::new(&cfg.agent_args)?;
     let nosockmap = Sluice::without_sockmap(&cfg.agent_args)?;
@@ -230,11 +283,10 @@ pub fn run(cfg: &Config) -> Result<()> {
     let bridge = Bridge::new()?;
     let all: [&dyn System; 4] = [&sluice, &nosockmap, &veth, &bridge];
     let with_cni: [&dyn System; 2] = [&sluice, &bridge];
-    let mut res = Results::default();
     let t = cfg.timing;
 
     for sc in &POD_POD {
-        load_scenario(cfg, &all, sc, &mut res)?;
+        load_scenario(cfg, &all, sc, res)?;
     }
 
     let (stream, alias) = ("pod-pod-stream", "sockmap-stream");
@@ -245,7 +297,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             .filter(|s| cfg.wants(stream) || is_sluice(s.name()))
             .collect();
         let label = if cfg.wants(stream) { stream } else { alias };
-        rounds(cfg, &systems, label, |sys| {
+        rounds(cfg.rounds, &systems, label, |sys| {
             let r0 = sys.redirected_bytes();
             let s = measure::stream(sys, t)?;
             let redirected = sys.redirected_bytes().zip(r0).map(|(b, a)| b - a);
@@ -269,12 +321,12 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
 
     for sc in &SOCKMAP {
-        load_scenario(cfg, &all, sc, &mut res)?;
+        load_scenario(cfg, &all, sc, res)?;
     }
 
     if cfg.wants("cni-add") || cfg.wants("cni-del") {
         let label = format!("cni-add/cni-del ({} pods)", cfg.cni_pods);
-        rounds(cfg, &with_cni, &label, |sys| {
+        rounds(cfg.rounds, &with_cni, &label, |sys| {
             let plugin = sys.cni().expect("a system with a CNI plugin");
             let s = cni::sequential(&plugin, cfg.cni_pods)?;
             let name = sys.name();
@@ -301,7 +353,7 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     if cfg.wants("cni-add-parallel-100") {
         let scenario = "cni-add-parallel-100";
-        rounds(cfg, &with_cni, scenario, |sys| {
+        rounds(cfg.rounds, &with_cni, scenario, |sys| {
             let plugin = sys.cni().expect("a system with a CNI plugin");
             let p = cni::parallel(&plugin, cfg.parallel_pods)?;
             let name = sys.name();
@@ -324,31 +376,10 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     let paths = sluice.path_report().unwrap_or_else(|| "?".into());
     let tc_paths = nosockmap.path_report().unwrap_or_else(|| "?".into());
-    drop((sluice, nosockmap, veth, bridge));
-    let elapsed = started.elapsed();
-    let summary = format!(
-        "{machine}\nsluice agent flags: {} (sluice-nosockmap: the same and --sockmap=false)\n\
-         sluice datapath counters after the run: {paths}\n\
-         sluice-nosockmap datapath counters after the run: {tc_paths}\n\
-         mode: {}, {} rounds, {} s per traffic run; took {:.0} s, load average at end {}",
-        if cfg.agent_args.is_empty() {
-            "defaults".to_string()
-        } else {
-            cfg.agent_args.join(" ")
-        },
-        if cfg.quick { "quick" } else { "full" },
-        cfg.rounds,
-        cfg.timing.seconds,
-        elapsed.as_secs_f64(),
-        super::machine::loadavg()
-    );
-    println!("\n{}", res.table());
-    for line in res.targets() {
-        println!("target  {line}");
-    }
-    write_outputs(cfg, &res, &summary)?;
-    println!("\n{summary}");
-    Ok(())
+    Ok(vec![
+        format!("sluice datapath counters after the run: {paths}"),
+        format!("sluice-nosockmap datapath counters after the run: {tc_paths}"),
+    ])
 }
 
 fn is_sluice(system: &str) -> bool {
@@ -385,7 +416,7 @@ fn load_scenario(
     } else {
         "req/s"
     };
-    rounds(cfg, &systems, label, |sys| {
+    rounds(cfg.rounds, &systems, label, |sys| {
         let r0 = sys.redirected_bytes();
         let s = measure::load(sys, l, cfg.timing)?;
         let redirected = sys.redirected_bytes().zip(r0).map(|(b, a)| b - a);
@@ -434,15 +465,26 @@ fn load_scenario(
     })
 }
 
-/// `--rounds` rounds of `measure` on every system, the order rotated each round.
-fn rounds(
-    cfg: &Config,
-    systems: &[&dyn System],
+/// What [`rounds`] needs of a system: the name its lines carry.
+pub(super) trait Named {
+    fn name(&self) -> &'static str;
+}
+
+impl Named for dyn System + '_ {
+    fn name(&self) -> &'static str {
+        System::name(self)
+    }
+}
+
+/// `n` rounds of `measure` on every system, the order rotated each round.
+pub(super) fn rounds<S: Named + ?Sized>(
+    n: usize,
+    systems: &[&S],
     label: &str,
-    mut measure: impl FnMut(&dyn System) -> Result<String>,
+    mut measure: impl FnMut(&S) -> Result<String>,
 ) -> Result<()> {
     eprintln!("\n{label}");
-    for round in 0..cfg.rounds {
+    for round in 0..n {
         for i in 0..systems.len() {
             check_interrupted()?;
             let sys = systems[(i + round) % systems.len()];
@@ -452,7 +494,7 @@ fn rounds(
             eprintln!(
                 "  round {}/{} {:<16} {line}  ({:.1} s)",
                 round + 1,
-                cfg.rounds,
+                n,
                 sys.name(),
                 t.elapsed().as_secs_f64()
             );
@@ -473,7 +515,14 @@ fn preflight() -> Result<()> {
             "run as root: the benchmark creates namespaces and loads eBPF programs",
         ));
     }
-    for tool in ["iperf3", "iptables", "nsenter", "ip", "sysctl"] {
+    for tool in [
+        "iperf3",
+        "iptables",
+        "iptables-restore",
+        "nsenter",
+        "ip",
+        "sysctl",
+    ] {
         let found = std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -485,7 +534,7 @@ fn preflight() -> Result<()> {
             )));
         }
     }
-    for b in ["sluice-agent", "sluice-cni", "sluice-load"] {
+    for b in ["sluice-agent", "sluice-cni", "sluicectl", "sluice-load"] {
         let p = crate::bin_dir().join(b);
         if !p.exists() {
             return Err(Error::msg(format!(
@@ -503,8 +552,7 @@ fn write_outputs(cfg: &Config, res: &Results, summary: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let json = serde_json::to_string_pretty(&res.json()).context("encode the results")? + "\n";
     let title = format!(
-        "Sluice (socket acceleration on, off) vs veth vs bridge: latency by percentile \
-         ({} mode, {} rounds merged)",
+        "Sluice vs its baselines: latency by percentile ({} mode, {} rounds merged)",
         if cfg.quick { "quick" } else { "full" },
         cfg.rounds
     );

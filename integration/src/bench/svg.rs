@@ -21,6 +21,7 @@ fn color(system: &str) -> &'static str {
         "sluice-nosockmap" => "#17a589",
         "veth" => "#6b6b6b",
         "bridge" => "#e07b00",
+        "iptables" => "#8e44ad",
         _ => "#aa2222",
     }
 }

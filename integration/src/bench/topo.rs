@@ -71,7 +71,7 @@ pub trait System {
 /// Makes a pod ready for the load: checks its MTU, and lets `crr` clients reuse TIME_WAIT
 /// ports and use the whole port range (tens of thousands of short connections a run), the
 /// same in every system.
-fn prepare_pods(pods: Pods<'_>) -> Result<()> {
+pub(super) fn prepare_pods(pods: Pods<'_>) -> Result<()> {
     for ns in [pods.client, pods.server] {
         // Through netlink: /sys under nsenter still shows the root namespace's interfaces.
         let link = sh(ns, "ip -o link show dev eth0")?;
@@ -337,6 +337,18 @@ impl Bridge {
         b.server_ip = b.add_pod(&b.server, "bench-server")?;
         prepare_pods(b.pods())?;
         Ok(b)
+    }
+
+    /// The node namespace: where the plugin runs and kube-proxy would write its rules.
+    pub(super) fn node(&self) -> &Netns {
+        &self.node
+    }
+
+    /// A new pod: a namespace ADDed through the plugin, and its address.
+    pub(super) fn new_pod(&self, name: &str) -> Result<(Netns, Ipv4Addr)> {
+        let ns = Netns::new(&unique("slbp"));
+        let ip = self.add_pod(&ns, name)?;
+        Ok((ns, ip))
     }
 
     /// ADDs the pod in `ns` through the plugin, as the runtime does; returns its address.

@@ -3,12 +3,13 @@
 //! ```text
 //! sluice-load server --listen IP:PORT [--workers 4] [--max-seconds 600]
 //! sluice-load rr|crr --to IP:PORT [--size 1] [--seconds 5] [--warmup 0.5] [--timeout-ms 2000]
-//!                    [--connections 1]
+//!                    [--connections 1] [--spread 1]
 //! ```
 //! The server prints `ready`, echoes until its stdin closes, then prints its report; a client
 //! runs for a fixed time and prints its report (JSON, with its own getrusage) on stdout. A
 //! server serves at most `--workers` connections at once, so give it at least a client's
-//! `--connections`.
+//! `--connections`. `--spread N` sends each new connection to one of N consecutive IPv4
+//! addresses from `--to`'s (same port), chosen uniformly at random: one of N Services.
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -19,7 +20,7 @@ use integration::bench::{
 
 const USAGE: &str = "usage: sluice-load server --listen IP:PORT [--workers N] [--max-seconds S]
        sluice-load rr|crr --to IP:PORT [--size BYTES] [--seconds S] [--warmup S] [--timeout-ms MS]
-                          [--connections N]";
+                          [--connections N] [--spread N]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -69,6 +70,25 @@ impl Flags {
     }
 }
 
+/// The most addresses `--spread` covers (a /16: more Services than any scenario has).
+const MAX_SPREAD: u32 = 1 << 16;
+
+/// `--spread N`: within 1..=MAX_SPREAD, and more than one address only from an IPv4 `--to`
+/// whose range does not wrap past 255.255.255.255.
+fn check_spread(to: SocketAddr, spread: u32) -> Result<()> {
+    if !(1..=MAX_SPREAD).contains(&spread) {
+        return Err(Error::msg(format!(
+            "--spread must be within 1..={MAX_SPREAD}"
+        )));
+    }
+    match to {
+        _ if spread == 1 => Ok(()),
+        SocketAddr::V4(a) if u32::from(*a.ip()).checked_add(spread - 1).is_some() => Ok(()),
+        SocketAddr::V4(_) => Err(Error::msg("--spread runs past 255.255.255.255")),
+        SocketAddr::V6(_) => Err(Error::msg("--spread needs an IPv4 --to")),
+    }
+}
+
 fn run(args: Vec<String>) -> Result<()> {
     let (mode, rest) = args
         .split_first()
@@ -96,6 +116,7 @@ fn run(args: Vec<String>) -> Result<()> {
                     "--warmup",
                     "--timeout-ms",
                     "--connections",
+                    "--spread",
                 ],
             )?;
             let size: usize = f.get("--size", Some(1))?;
@@ -112,14 +133,18 @@ fn run(args: Vec<String>) -> Result<()> {
                     load::MAX_CONNECTIONS
                 )));
             }
+            let to: SocketAddr = f.get("--to", None)?;
+            let spread: u32 = f.get("--spread", Some(1))?;
+            check_spread(to, spread)?;
             let o = ClientOpts {
                 mode: if mode == "rr" { Mode::Rr } else { Mode::Crr },
-                to: f.get("--to", None)?,
+                to,
                 size,
                 duration: f.seconds("--seconds", 5.0, 600.0)?,
                 warmup: f.seconds("--warmup", 0.5, 60.0)?,
                 timeout: Duration::from_millis(f.get::<u64>("--timeout-ms", Some(2000))?.max(1)),
                 connections,
+                spread,
             };
             let r = load::run_client(&o).with_context(|| format!("{mode} to {}", o.to))?;
             serde_json::to_string(&r)
