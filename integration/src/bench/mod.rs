@@ -10,8 +10,8 @@
 //! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator, [`topo`] the
 //! four systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
 //! timing, [`svc`] the Service scenarios, their two systems and the rules kube-proxy writes,
-//! [`run`] rounds and rotation, [`report`] the table and JSON, [`svg`] the picture,
-//! [`machine`] what it ran on.
+//! [`run`] rounds and rotation, [`report`] the table and JSON, [`targets`] the issues'
+//! targets judged, [`svg`] the picture, [`machine`] what it ran on.
 
 pub mod cni;
 pub mod hist;
@@ -22,6 +22,7 @@ pub mod report;
 pub mod run;
 pub mod svc;
 pub mod svg;
+pub mod targets;
 pub mod topo;
 
 use std::fmt;

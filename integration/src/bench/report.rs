@@ -1,8 +1,11 @@
 //! The figures a run collected, and their three renderings: the table on the terminal, the
 //! JSON records (`bench/results/latest.json`) and a Markdown table for bench/README.md. Every
-//! figure is the median of its runs, with min and max; ratios are Sluice's median over the
-//! baseline's (`sluice-nosockmap`, Sluice without socket acceleration, is a baseline too). A
-//! system or ratio column no record of the run has is left out of the tables.
+//! figure is the median of its runs, with min and max; ratios are a system's median over its
+//! baseline's ([`RATIOS`]: mostly Sluice over the others; `sluice-nosockmap`, Sluice without
+//! socket acceleration, is a baseline too, and for the NetworkPolicy scenarios each Sluice
+//! system is set against itself without policies). The tables come in three groups (pod to
+//! pod and CNI, Services, NetworkPolicy), each with the system and ratio columns its records
+//! have.
 
 use std::collections::BTreeMap;
 
@@ -11,20 +14,29 @@ use serde_json::{json, Value};
 
 use super::{hist::Histogram, run::SCENARIOS};
 
-/// Systems in the order of the table's columns; the ratio columns are Sluice over the others.
-/// `iptables` (kube-proxy's iptables mode on the bridge CNI) is in the Service scenarios only.
-pub const SYSTEMS: [&str; 5] = ["sluice", "sluice-nosockmap", "veth", "bridge", "iptables"];
-pub const BASELINES: [&str; 4] = ["veth", "bridge", "sluice-nosockmap", "iptables"];
-/// Socket acceleration's targets against the same node without it (issue 6): request rate
-/// at least this many times, p99 latency at most this many times.
-const SOCKMAP_RATE: f64 = 1.5;
-const SOCKMAP_P99: f64 = 0.7;
-/// Service load balancing's targets (issue 4): at 10,000 Services, Sluice keeps this share of
-/// its connection rate at 10, has this many times iptables' rate, and this share of its p99.
-const SVC_SCALE: f64 = 0.95;
-const SVC_RATE: f64 = 2.0;
-const SVC_P99: f64 = 0.5;
-
+/// Systems in the order of the table's columns. `iptables` (kube-proxy's iptables mode on the
+/// bridge CNI) is in the Service scenarios only; the `-nopolicy` systems and `sluice-empty` in
+/// the NetworkPolicy ones.
+pub const SYSTEMS: [&str; 8] = [
+    "sluice",
+    "sluice-nopolicy",
+    "sluice-nosockmap",
+    "sluice-nosockmap-nopolicy",
+    "sluice-empty",
+    "veth",
+    "bridge",
+    "iptables",
+];
+/// The ratio columns, (system, baseline): the system's median over the baseline's.
+pub const RATIOS: [(&str, &str); 7] = [
+    ("sluice", "veth"),
+    ("sluice", "bridge"),
+    ("sluice", "sluice-nosockmap"),
+    ("sluice", "iptables"),
+    ("sluice", "sluice-nopolicy"),
+    ("sluice-nosockmap", "sluice-nosockmap-nopolicy"),
+    ("sluice", "sluice-empty"),
+];
 /// One figure of one scenario, with every run's value per system.
 pub struct Record {
     pub scenario: String,
@@ -71,8 +83,19 @@ pub struct Dist {
 
 #[derive(Default)]
 pub struct Results {
-    records: Vec<Record>,
+    pub(super) records: Vec<Record>,
     pub dists: Vec<Dist>,
+}
+
+/// The group of tables a scenario is shown in.
+fn group(scenario: &str) -> u8 {
+    if scenario.starts_with("svc-") {
+        1
+    } else if scenario.starts_with("policy-") || scenario.starts_with("agent-rss-") {
+        2
+    } else {
+        0
+    }
 }
 
 impl Results {
@@ -91,33 +114,33 @@ impl Results {
             .position(|r| r.scenario == scenario && r.metric == metric)
         {
             Some(i) => i,
-            None => {
-                // In the order of the scenario list, whatever order they were measured in (a
-                // socket acceleration record can come from a pod-pod measurement).
-                let rank = |s: &str| SCENARIOS.iter().position(|x| *x == s).unwrap_or(usize::MAX);
-                let at = self
-                    .records
-                    .iter()
-                    .rposition(|r| rank(&r.scenario) <= rank(scenario))
-                    .map_or(0, |i| i + 1);
-                self.records.insert(
-                    at,
-                    Record {
-                        scenario: scenario.into(),
-                        metric: metric.into(),
-                        unit: unit.into(),
-                        higher_is_better,
-                        runs: BTreeMap::new(),
-                    },
-                );
-                at
-            }
+            None => self.insert(Record {
+                scenario: scenario.into(),
+                metric: metric.into(),
+                unit: unit.into(),
+                higher_is_better,
+                runs: BTreeMap::new(),
+            }),
         };
         self.records[i]
             .runs
             .entry(system.into())
             .or_default()
             .push(value);
+    }
+
+    /// Inserts a record of a scenario not recorded yet in the order of the scenario list,
+    /// whatever order they were measured in (a socket acceleration record can come from a
+    /// pod-pod measurement), after the scenario's other metrics; returns its index.
+    pub(super) fn insert(&mut self, r: Record) -> usize {
+        let rank = |s: &str| SCENARIOS.iter().position(|x| *x == s).unwrap_or(usize::MAX);
+        let at = self
+            .records
+            .iter()
+            .rposition(|x| rank(&x.scenario) <= rank(&r.scenario))
+            .map_or(0, |i| i + 1);
+        self.records.insert(at, r);
+        at
     }
 
     pub fn add_dist(&mut self, scenario: &str, title: &str, system: &str, h: &Histogram) {
@@ -139,7 +162,7 @@ impl Results {
             .merge(h);
     }
 
-    fn median(&self, scenario: &str, metric: &str, system: &str) -> Option<f64> {
+    pub(super) fn median(&self, scenario: &str, metric: &str, system: &str) -> Option<f64> {
         self.records
             .iter()
             .find(|r| r.scenario == scenario && r.metric == metric)
@@ -148,11 +171,17 @@ impl Results {
     }
 
     /// Sluice's median over `baseline`'s.
-    fn ratio(&self, scenario: &str, metric: &str, baseline: &str) -> Option<f64> {
+    pub(super) fn ratio(&self, scenario: &str, metric: &str, baseline: &str) -> Option<f64> {
         self.ratio_of(scenario, metric, "sluice", baseline)
     }
 
-    fn ratio_of(&self, scenario: &str, metric: &str, system: &str, baseline: &str) -> Option<f64> {
+    pub(super) fn ratio_of(
+        &self,
+        scenario: &str,
+        metric: &str,
+        system: &str,
+        baseline: &str,
+    ) -> Option<f64> {
         let s = self.median(scenario, metric, system)?;
         let b = self.median(scenario, metric, baseline)?;
         (b != 0.0).then(|| s / b)
@@ -181,232 +210,133 @@ impl Results {
         )
     }
 
-    /// The systems some record has, in column order.
-    fn systems(&self) -> Vec<&'static str> {
-        SYSTEMS
-            .into_iter()
-            .filter(|s| self.records.iter().any(|r| r.runs.contains_key(*s)))
-            .collect()
-    }
-
-    /// The baselines some record has a ratio against.
-    fn baselines(&self) -> Vec<&'static str> {
-        BASELINES
-            .into_iter()
-            .filter(|b| {
-                self.records
-                    .iter()
-                    .any(|r| self.ratio(&r.scenario, &r.metric, b).is_some())
-            })
-            .collect()
-    }
-
-    /// One row of cells per record: scenario, metric (unit), a cell per system, the ratios.
-    fn rows(&self) -> Vec<Vec<String>> {
-        let (systems, baselines) = (self.systems(), self.baselines());
+    /// The records of one table group.
+    fn of_group(&self, g: u8) -> Vec<&Record> {
         self.records
             .iter()
-            .map(|r| {
-                let mut row = vec![
-                    r.scenario.clone(),
-                    format!(
-                        "{} ({}, {})",
-                        r.metric,
-                        r.unit,
-                        if r.higher_is_better { "↑" } else { "↓" }
-                    ),
-                ];
-                for s in &systems {
-                    row.push(match r.runs.get(*s) {
-                        Some(runs) => {
-                            let m = Summary::of(runs);
-                            format!("{} ({}–{})", num(m.median), num(m.min), num(m.max))
-                        }
-                        None => "—".into(),
-                    });
-                }
-                for b in &baselines {
-                    row.push(match self.ratio(&r.scenario, &r.metric, b) {
-                        // Two decimals, unless that would show a non-zero ratio as 0.00.
-                        Some(x) if x > 0.0 && x < 0.01 => format!("{}×", num(x)),
-                        Some(x) => format!("{x:.2}×"),
-                        None => "—".into(),
-                    });
-                }
-                row
+            .filter(|r| group(&r.scenario) == g)
+            .collect()
+    }
+
+    /// The systems some record of `records` has, in column order.
+    fn systems(records: &[&Record]) -> Vec<&'static str> {
+        SYSTEMS
+            .into_iter()
+            .filter(|s| records.iter().any(|r| r.runs.contains_key(*s)))
+            .collect()
+    }
+
+    /// The ratios some record of `records` has.
+    fn ratios(&self, records: &[&Record]) -> Vec<(&'static str, &'static str)> {
+        RATIOS
+            .into_iter()
+            .filter(|(s, b)| {
+                records
+                    .iter()
+                    .any(|r| self.ratio_of(&r.scenario, &r.metric, s, b).is_some())
             })
             .collect()
     }
 
-    fn header(&self) -> Vec<String> {
-        let mut h = vec!["scenario".to_string(), "metric".to_string()];
-        h.extend(
-            self.systems()
-                .iter()
-                .map(|s| format!("{s} median (min–max)")),
-        );
-        h.extend(self.baselines().iter().map(|b| format!("sluice/{b}")));
-        h
+    /// One table of a group: the header, then a row of cells per record (scenario, metric
+    /// (unit), a cell per system, the ratios). Empty if the group has no record.
+    fn rows(&self, g: u8) -> Vec<Vec<String>> {
+        let records = self.of_group(g);
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let (systems, ratios) = (Self::systems(&records), self.ratios(&records));
+        let mut header = vec!["scenario".to_string(), "metric".to_string()];
+        header.extend(systems.iter().map(|s| format!("{s} median (min–max)")));
+        header.extend(ratios.iter().map(|(s, b)| format!("{s}/{b}")));
+        let mut rows = vec![header];
+        for r in records {
+            let mut row = vec![
+                r.scenario.clone(),
+                format!(
+                    "{} ({}, {})",
+                    r.metric,
+                    r.unit,
+                    if r.higher_is_better { "↑" } else { "↓" }
+                ),
+            ];
+            for s in &systems {
+                row.push(match r.runs.get(*s) {
+                    Some(runs) => {
+                        let m = Summary::of(runs);
+                        format!("{} ({}–{})", num(m.median), num(m.min), num(m.max))
+                    }
+                    None => "—".into(),
+                });
+            }
+            for (s, b) in &ratios {
+                row.push(match self.ratio_of(&r.scenario, &r.metric, s, b) {
+                    // Two decimals, unless that would show a non-zero ratio as 0.00.
+                    Some(x) if x > 0.0 && x < 0.01 => format!("{}×", num(x)),
+                    Some(x) => format!("{x:.2}×"),
+                    None => "—".into(),
+                });
+            }
+            rows.push(row);
+        }
+        rows
     }
 
-    /// The table for the terminal, columns aligned.
+    /// The tables for the terminal, columns aligned, a blank line between groups.
     pub fn table(&self) -> String {
-        let mut rows = vec![self.header()];
-        rows.extend(self.rows());
-        let cols = rows[0].len();
-        let width: Vec<usize> = (0..cols)
-            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for (i, r) in rows.iter().enumerate() {
-            for (c, cell) in r.iter().enumerate() {
-                let pad = width[c] - cell.chars().count();
-                if c < 2 {
-                    out.push_str(&format!("{cell}{}  ", " ".repeat(pad)));
-                } else {
-                    out.push_str(&format!("{}{cell}  ", " ".repeat(pad)));
-                }
+        let mut tables = Vec::new();
+        for g in 0..3 {
+            let rows = self.rows(g);
+            if rows.is_empty() {
+                continue;
             }
-            out = out.trim_end().to_string();
-            out.push('\n');
-            if i == 0 {
-                let total: usize = width.iter().sum::<usize>() + 2 * (cols - 1);
-                out.push_str(&"-".repeat(total));
-                out.push('\n');
-            }
-        }
-        out
-    }
-
-    /// The same table in Markdown.
-    pub fn markdown(&self) -> String {
-        let mut rows = vec![self.header()];
-        rows.extend(self.rows());
-        let mut out = String::new();
-        for (i, r) in rows.iter().enumerate() {
-            out.push_str(&format!("| {} |\n", r.join(" | ")));
-            if i == 0 {
-                let align: Vec<&str> = (0..r.len())
-                    .map(|c| if c < 2 { "---" } else { "---:" })
-                    .collect();
-                out.push_str(&format!("| {} |\n", align.join(" | ")));
-            }
-        }
-        out
-    }
-
-    /// The issue's targets, each with whether this run met it (reported, never asserted).
-    pub fn targets(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        // Sluice's targets against the baselines; the TC path alone is held to them too.
-        for system in ["sluice", "sluice-nosockmap"] {
-            for (scenario, metric) in [
-                ("pod-pod-rr-1b", "rate"),
-                ("pod-pod-rr-1k", "rate"),
-                ("pod-pod-stream", "throughput"),
-            ] {
-                for (b, want) in [("veth", 0.95), ("bridge", 1.1)] {
-                    if let Some(x) = self.ratio_of(scenario, metric, system, b) {
-                        out.push(format!(
-                            "{scenario} {metric}: {system}/{b} = {x:.3} (target ≥ {want}) {}",
-                            verdict(x >= want)
-                        ));
+            let cols = rows[0].len();
+            let width: Vec<usize> = (0..cols)
+                .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+                .collect();
+            let mut out = String::new();
+            for (i, r) in rows.iter().enumerate() {
+                for (c, cell) in r.iter().enumerate() {
+                    let pad = width[c] - cell.chars().count();
+                    if c < 2 {
+                        out.push_str(&format!("{cell}{}  ", " ".repeat(pad)));
+                    } else {
+                        out.push_str(&format!("{}{cell}  ", " ".repeat(pad)));
                     }
                 }
+                out = out.trim_end().to_string();
+                out.push('\n');
+                if i == 0 {
+                    let total: usize = width.iter().sum::<usize>() + 2 * (cols - 1);
+                    out.push_str(&"-".repeat(total));
+                    out.push('\n');
+                }
             }
+            tables.push(out);
         }
-        for r in self
-            .records
-            .iter()
-            .filter(|r| r.scenario.starts_with("sockmap-"))
-        {
-            let Some(x) = self.ratio(&r.scenario, &r.metric, "sluice-nosockmap") else {
-                continue;
-            };
-            let line = format!(
-                "{} {}: sluice/sluice-nosockmap = {x:.3}",
-                r.scenario, r.metric
-            );
-            match r.metric.as_str() {
-                "rate" => out.push(format!(
-                    "{line} (target ≥ {SOCKMAP_RATE}) {}",
-                    verdict(x >= SOCKMAP_RATE)
-                )),
-                "p99" => out.push(format!(
-                    "{line} (target ≤ {SOCKMAP_P99}) {}",
-                    verdict(x <= SOCKMAP_P99)
-                )),
-                "throughput" => out.push(format!("{line} (no target)")),
-                _ => {}
-            }
-        }
-        out.extend(self.svc_targets());
-        if let Some(p99) = self.median("cni-add", "p99", "sluice") {
-            out.push(format!(
-                "cni-add p99: sluice {} ms (target ≤ 50 ms) {}",
-                num(p99),
-                verdict(p99 <= 50.0)
-            ));
-        }
-        if let Some(r) = self
-            .records
-            .iter()
-            .find(|r| r.scenario == "cni-add-parallel-100" && r.metric == "failures")
-        {
-            if let Some(runs) = r.runs.get("sluice") {
-                let total: f64 = runs.iter().sum();
-                out.push(format!(
-                    "cni-add-parallel-100: sluice failures {total} over {} rounds (target 0) {}",
-                    runs.len(),
-                    verdict(total == 0.0)
-                ));
-            }
-        }
-        out
+        tables.join("\n")
     }
-}
 
-impl Results {
-    /// Service load balancing (issue 4): Sluice at 10,000 Services against itself at 10 and
-    /// against kube-proxy's iptables mode; the other Service figures' ratios, without target.
-    fn svc_targets(&self) -> Vec<String> {
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        let mut out = Vec::new();
-        for system in ["sluice", "iptables"] {
-            let at = |n: &str| self.median(&format!("svc-crr-{n}"), "rate", system);
-            if let (Some(big), Some(small)) = (at("10000"), at("10")) {
-                let x = big / small;
-                let target = if system == "sluice" {
-                    format!("(target ≥ {SVC_SCALE}) {}", verdict(x >= SVC_SCALE))
-                } else {
-                    "(no target)".to_string()
-                };
-                out.push(format!(
-                    "svc-crr rate: {system} at 10000 / {system} at 10 = {x:.3} {target}"
-                ));
+    /// The same tables in Markdown.
+    pub fn markdown(&self) -> String {
+        let mut tables = Vec::new();
+        for g in 0..3 {
+            let rows = self.rows(g);
+            let mut out = String::new();
+            for (i, r) in rows.iter().enumerate() {
+                out.push_str(&format!("| {} |\n", r.join(" | ")));
+                if i == 0 {
+                    let align: Vec<&str> = (0..r.len())
+                        .map(|c| if c < 2 { "---" } else { "---:" })
+                        .collect();
+                    out.push_str(&format!("| {} |\n", align.join(" | ")));
+                }
+            }
+            if !out.is_empty() {
+                tables.push(out);
             }
         }
-        for r in self
-            .records
-            .iter()
-            .filter(|r| r.scenario.starts_with("svc-"))
-        {
-            let Some(x) = self.ratio(&r.scenario, &r.metric, "iptables") else {
-                continue;
-            };
-            let line = format!("{} {}: sluice/iptables = {x:.3}", r.scenario, r.metric);
-            out.push(match (r.scenario.as_str(), r.metric.as_str()) {
-                ("svc-crr-10000", "rate") => {
-                    format!("{line} (target ≥ {SVC_RATE}) {}", verdict(x >= SVC_RATE))
-                }
-                ("svc-crr-10000", "p99") => {
-                    format!("{line} (target ≤ {SVC_P99}) {}", verdict(x <= SVC_P99))
-                }
-                _ => format!("{line} (no target)"),
-            });
-        }
-        out
+        tables.join("\n")
     }
 }
 

@@ -19,6 +19,8 @@ fn color(system: &str) -> &'static str {
     match system {
         "sluice" => "#1f6fd1",
         "sluice-nosockmap" => "#17a589",
+        "sluice-nopolicy" => "#7fb3ef",
+        "sluice-nosockmap-nopolicy" => "#8fd8c8",
         "veth" => "#6b6b6b",
         "bridge" => "#e07b00",
         "iptables" => "#8e44ad",
