@@ -4,22 +4,27 @@
 //! `bridge` + `host-local`, with the iptables rules a kubeadm node carries), and
 //! `sluice-nosockmap` is Sluice without socket acceleration (the TC path alone). The Service
 //! scenarios compare Sluice's load balancing with kube-proxy's iptables mode (`iptables`) on
-//! the bridge CNI. Every topology is built in network namespaces this process makes and
-//! releases (../shared/notes/testing.md).
+//! the bridge CNI. The NetworkPolicy scenarios compare Sluice with 1,000 policies against
+//! Sluice with none, on both its paths, and time policy changes. Every topology is built in
+//! network namespaces this process makes and releases (../shared/notes/testing.md).
 //!
 //! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator, [`topo`] the
 //! four systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
 //! timing, [`svc`] the Service scenarios, their two systems and the rules kube-proxy writes,
-//! [`run`] rounds and rotation, [`report`] the table and JSON, [`targets`] the issues'
-//! targets judged, [`svg`] the picture, [`machine`] what it ran on.
+//! [`policy`] the NetworkPolicy scenarios, their manifests, systems and probe, [`run`] rounds
+//! and rotation, [`report`] the table and JSON, [`targets`] the issues' targets judged,
+//! [`saved`] the result files written, and read back for a partial run to merge into, [`svg`]
+//! the picture, [`machine`] what it ran on.
 
 pub mod cni;
 pub mod hist;
 pub mod load;
 pub mod machine;
 pub mod measure;
+pub mod policy;
 pub mod report;
 pub mod run;
+pub mod saved;
 pub mod svc;
 pub mod svg;
 pub mod targets;

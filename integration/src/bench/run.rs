@@ -2,8 +2,9 @@
 //! scenario run rounds in which every system is measured once, the order rotated each round
 //! (S N V B, N V B S, …; A/B/A/B for the socket acceleration scenarios, which measure only the
 //! two Sluice systems) so that drift on the machine hits every system alike; then the Service
-//! scenarios on their own two systems ([`super::svc`], S I, I S, …); then print and write the
-//! results.
+//! scenarios on their own two systems ([`super::svc`], S I, I S, …), then the NetworkPolicy
+//! scenarios on theirs ([`super::policy`]); then print and write the results. A run `--only`
+//! some scenarios merges its records into the existing results ([`super::saved::write`]).
 
 use std::{path::PathBuf, time::Instant};
 
@@ -11,13 +12,14 @@ use super::{
     check_interrupted, cni,
     load::Mode,
     measure::{self, Load, Peers, Timing},
+    policy,
     report::{num, Results},
-    svc, svg,
+    svc,
     topo::{Bridge, Sluice, System, Veth},
     Context as _, Error, Result,
 };
 
-pub const SCENARIOS: [&str; 18] = [
+pub const SCENARIOS: [&str; 22] = [
     "pod-pod-rr-1b",
     "pod-pod-rr-1k",
     "pod-pod-crr",
@@ -36,6 +38,10 @@ pub const SCENARIOS: [&str; 18] = [
     "svc-crr-10000",
     "svc-rr-10000",
     "svc-program-10000",
+    "policy-rr-1b",
+    "policy-stream",
+    "policy-apply",
+    "agent-rss-policies",
 ];
 
 /// A `sluice-load` scenario.
@@ -122,6 +128,8 @@ pub struct Config {
     pub cni_pods: usize,
     /// Pods ADDed at once per round (`cni-add-parallel-100`).
     pub parallel_pods: usize,
+    /// Policy changes timed by `policy-apply`.
+    pub policy_changes: usize,
     /// Scenarios to run (all when empty).
     pub only: Vec<String>,
     pub results_dir: PathBuf,
@@ -138,14 +146,17 @@ pub struct Config {
 pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S] \
 [--only SCENARIO,...] [--results-dir DIR] [--agent-arg A]... [--iptables-legacy]
   --quick        smoke mode: 3 rounds of ~1 s per measurement, 20 pods for cni-add/cni-del,
-                 1 round of svc-program-10000 (writes quick.json/quick.svg/quick.md, not latest.*)
+                 1 round of svc-program-10000 and of agent-rss-policies, 20 policy-apply
+                 changes (writes quick.json/quick.svg/quick.md, not latest.*)
   --rounds N     rounds per scenario (default 5; each figure is the median of N runs)
   --seconds S    measured seconds per traffic run (default 5)
   --only LIST    comma-separated scenarios among: pod-pod-rr-1b pod-pod-rr-1k pod-pod-crr
                  pod-pod-stream sockmap-rr-1b-1conn sockmap-rr-1k-1conn sockmap-rr-1b-64conn
                  sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-stream cni-add cni-del
                  cni-add-parallel-100 svc-crr-10 svc-crr-1000 svc-crr-10000 svc-rr-10000
-                 svc-program-10000
+                 svc-program-10000 policy-rr-1b policy-stream policy-apply agent-rss-policies;
+                 the records measured replace those of the same scenarios in the existing
+                 results, the others are kept
   --results-dir  where the JSON, SVG and Markdown go (default bench/results)
   --agent-arg A  pass A to both Sluice agents (repeatable), e.g. --agent-arg --no-masquerade;
                  not --sockmap: the run measures Sluice with and without it
@@ -164,6 +175,7 @@ impl Config {
             },
             cni_pods: if quick { 20 } else { 100 },
             parallel_pods: 100,
+            policy_changes: if quick { 20 } else { 100 },
             only: Vec::new(),
             results_dir: PathBuf::from("bench/results"),
             agent_args: Vec::new(),
@@ -240,13 +252,12 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
     let mut res = Results::default();
     let mut counters = Vec::new();
-    if SCENARIOS
-        .iter()
-        .any(|s| !s.starts_with("svc-") && cfg.wants(s))
-    {
+    let elsewhere = |s: &&str| svc::SCENARIOS.contains(s) || policy::SCENARIOS.contains(s);
+    if SCENARIOS.iter().any(|s| !elsewhere(s) && cfg.wants(s)) {
         counters = pod_scenarios(cfg, &mut res)?;
     }
     counters.extend(svc::run(cfg, &mut res)?);
+    counters.extend(policy::run(cfg, &mut res)?);
     let elapsed = started.elapsed();
     let summary = format!(
         "{machine}\nsluice agent flags: {} (sluice-nosockmap: the same and --sockmap=false)\n\
@@ -268,7 +279,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     for line in res.targets() {
         println!("target  {line}");
     }
-    write_outputs(cfg, &res, &summary)?;
+    super::saved::write(cfg, &mut res, &summary)?;
     println!("\n{summary}");
     Ok(())
 }
@@ -504,7 +515,7 @@ pub(super) fn rounds<S: Named + ?Sized>(
 }
 
 /// The `q` quantile of sorted samples (nearest rank).
-fn pct(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn pct(sorted: &[f64], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
@@ -542,35 +553,6 @@ fn preflight() -> Result<()> {
                 p.display()
             )));
         }
-    }
-    Ok(())
-}
-
-/// Writes `<stem>.json`, `<stem>.svg` and `<stem>.md`, each through a `.tmp` and a rename.
-fn write_outputs(cfg: &Config, res: &Results, summary: &str) -> Result<()> {
-    let dir = &cfg.results_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let json = serde_json::to_string_pretty(&res.json()).context("encode the results")? + "\n";
-    let title = format!(
-        "Sluice vs its baselines: latency by percentile ({} mode, {} rounds merged)",
-        if cfg.quick { "quick" } else { "full" },
-        cfg.rounds
-    );
-    let svg = svg::render(&title, &res.dists);
-    let md = format!(
-        "{}\n{}\n```text\n{summary}\n```\n",
-        res.markdown(),
-        res.targets()
-            .iter()
-            .map(|t| format!("- {t}\n"))
-            .collect::<String>()
-    );
-    for (ext, text) in [("json", json), ("svg", svg), ("md", md)] {
-        let path = dir.join(format!("{}.{ext}", cfg.stem));
-        let tmp = dir.join(format!("{}.{ext}.tmp", cfg.stem));
-        std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
-        println!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! `sluice-bench`: the benchmark harness's entry point (`bench/run` builds and execs it).
 //! Logic in `integration::bench::run`; this installs the stop signals, runs, and checks that
-//! nothing the run made is left behind.
+//! nothing the run made is left behind. `sluice-bench probe …` is the `policy-apply` probe the
+//! harness runs inside a pod (`integration::bench::policy::probe`).
 
 use std::{process::ExitCode, sync::atomic::Ordering};
 
 use integration::bench::{
+    policy::probe,
     run::{self, Config, USAGE},
     INTERRUPTED,
 };
@@ -16,6 +18,15 @@ extern "C" fn on_stop(_: nix::libc::c_int) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("probe") {
+        return match probe::main(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice-bench probe: {}", e.chain());
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;

@@ -1,0 +1,297 @@
+//! The result files of a run ([`write`]), and those of an earlier run read back so that a run
+//! `--only` some scenarios adds to them instead of replacing them: its records replace the
+//! earlier records of the scenarios it measured, the others are kept
+//! ([`Results::merge_earlier`]). The JSON records hold every
+//! run's value, so they merge exactly. The picture needs the latency histograms, which the
+//! JSON does not hold: every run also writes them to `<stem>.dists.json`, with the scenarios
+//! they cover, and a merge whose kept scenarios that file covers redraws the whole picture.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use super::{
+    hist::Histogram,
+    report::{Dist, Record, Results},
+    run::{Config, SCENARIOS},
+    svg, Context as _, Error, Result,
+};
+
+/// The records of a results JSON (`<stem>.json`).
+pub fn records(v: &Value) -> Result<Vec<Record>> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| Error::msg("the results are not a list"))?;
+    list.iter()
+        .map(|r| {
+            let text = |k: &str| {
+                r[k].as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::msg(format!("a record without {k}: {r}")))
+            };
+            let systems = r["systems"]
+                .as_object()
+                .ok_or_else(|| Error::msg(format!("a record without systems: {r}")))?;
+            let mut runs = BTreeMap::new();
+            for (name, s) in systems {
+                let values: Option<Vec<f64>> = s["runs"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_f64).collect());
+                match values {
+                    Some(v) if !v.is_empty() => runs.insert(name.clone(), v),
+                    _ => return Err(Error::msg(format!("{name} has no runs in {r}"))),
+                };
+            }
+            Ok(Record {
+                scenario: text("scenario")?,
+                metric: text("metric")?,
+                unit: text("unit")?,
+                higher_is_better: r["higher_is_better"].as_bool().unwrap_or(false),
+                runs,
+            })
+        })
+        .collect()
+}
+
+/// `<stem>.dists.json`: the distributions and the scenarios they are complete for.
+pub fn dists_json(dists: &[Dist], covers: &BTreeSet<String>) -> Value {
+    let list: Vec<Value> = dists
+        .iter()
+        .map(|d| json!({"scenario": d.scenario, "title": d.title, "systems": d.systems}))
+        .collect();
+    json!({"covers": covers, "dists": list})
+}
+
+/// The distributions of a `<stem>.dists.json` and the scenarios it covers.
+pub fn dists(v: &Value) -> Result<(Vec<Dist>, BTreeSet<String>)> {
+    let covers = v["covers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let list = v["dists"]
+        .as_array()
+        .ok_or_else(|| Error::msg("no dists in the distributions file"))?;
+    let dists = list
+        .iter()
+        .map(|d| {
+            let systems: BTreeMap<String, Histogram> =
+                serde_json::from_value(d["systems"].clone()).context("a distribution")?;
+            Ok(Dist {
+                scenario: d["scenario"].as_str().unwrap_or_default().to_string(),
+                title: d["title"].as_str().unwrap_or_default().to_string(),
+                systems,
+            })
+        })
+        .collect::<Result<Vec<Dist>>>()?;
+    Ok((dists, covers))
+}
+
+/// What [`Results::merge_earlier`] did.
+pub struct Merged {
+    /// Scenarios whose records came from the earlier results.
+    pub kept: Vec<String>,
+    /// Whether the distributions of every kept scenario were known (the picture is whole).
+    pub picture_whole: bool,
+    /// The scenarios the merged distributions are complete for.
+    pub covers: BTreeSet<String>,
+}
+
+fn rank(s: &str) -> usize {
+    SCENARIOS.iter().position(|x| *x == s).unwrap_or(usize::MAX)
+}
+
+impl Results {
+    /// The scenarios this run recorded.
+    pub fn scenarios(&self) -> BTreeSet<String> {
+        self.records.iter().map(|r| r.scenario.clone()).collect()
+    }
+
+    /// Adds the earlier `records` (and `dists`, with the scenarios they cover, if known) of
+    /// every scenario this run did not record.
+    pub fn merge_earlier(
+        &mut self,
+        records: Vec<Record>,
+        dists: Option<(Vec<Dist>, BTreeSet<String>)>,
+    ) -> Merged {
+        let measured = self.scenarios();
+        let mut kept = BTreeSet::new();
+        for r in records {
+            if !measured.contains(&r.scenario) {
+                kept.insert(r.scenario.clone());
+                self.insert(r);
+            }
+        }
+        let mut covers = measured.clone();
+        let (earlier, earlier_covers) = dists.unwrap_or_default();
+        let picture_whole = kept.iter().all(|s| earlier_covers.contains(s));
+        for d in earlier {
+            if kept.contains(&d.scenario) {
+                self.dists.push(d);
+            }
+        }
+        covers.extend(kept.iter().filter(|s| earlier_covers.contains(*s)).cloned());
+        self.dists.sort_by_key(|d| rank(&d.scenario));
+        let mut kept: Vec<String> = kept.into_iter().collect();
+        kept.sort_by_key(|s| rank(s));
+        Merged {
+            kept,
+            picture_whole,
+            covers,
+        }
+    }
+}
+
+/// Writes `<stem>.json`, `<stem>.svg`, `<stem>.md` and `<stem>.dists.json` (the histograms
+/// behind the picture), each through a `.tmp` and a rename. A run `--only` some scenarios
+/// first merges the earlier results in ([`super::saved`]): the JSON and the Markdown then hold
+/// every scenario; the picture is redrawn whole if the earlier histograms are known, else it
+/// goes to `<stem>.partial.svg` and `<stem>.svg` is left as it was.
+pub fn write(cfg: &Config, res: &mut Results, summary: &str) -> Result<()> {
+    let dir = &cfg.results_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = |ext: &str| dir.join(format!("{}.{ext}", cfg.stem));
+    let mut summary = summary.to_string();
+    let mut covers = res.scenarios();
+    let mut svg_name = format!("{}.svg", cfg.stem);
+    if !cfg.only.is_empty() {
+        let read = |p: std::path::PathBuf| -> Result<Option<serde_json::Value>> {
+            match std::fs::read(&p) {
+                Ok(b) => serde_json::from_slice(&b)
+                    .map(Some)
+                    .with_context(|| format!("parse {}", p.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+            }
+        };
+        let earlier = match read(path("json"))? {
+            Some(v) => records(&v).context("the earlier results")?,
+            None => Vec::new(),
+        };
+        let dists = match read(path("dists.json"))? {
+            Some(v) => Some(dists(&v).context("the earlier distributions")?),
+            None => None,
+        };
+        let measured: Vec<String> = res.scenarios().into_iter().collect();
+        let m = res.merge_earlier(earlier, dists);
+        covers = m.covers;
+        if !m.kept.is_empty() {
+            // The earlier summaries, as the Markdown had them.
+            let earlier_md = std::fs::read_to_string(path("md")).unwrap_or_default();
+            let blocks: Vec<&str> = earlier_md
+                .split("```text\n")
+                .skip(1)
+                .filter_map(|b| b.split("```").next())
+                .collect();
+            summary = format!(
+                "{summary}\nmerged (--only) into the earlier {}.json: measured now {}; kept \
+                 from the earlier results {}",
+                cfg.stem,
+                measured.join(" "),
+                m.kept.join(" ")
+            );
+            for b in blocks {
+                summary.push_str("\n\nearlier:\n");
+                summary.push_str(b.trim_end());
+            }
+            if !m.picture_whole {
+                svg_name = format!("{}.partial.svg", cfg.stem);
+                eprintln!(
+                    "sluice-bench: the earlier histograms are not known ({} has none): \
+                     {}.svg is left as it was, this run's picture goes to {svg_name}",
+                    path("dists.json").display(),
+                    cfg.stem
+                );
+            }
+        }
+    }
+    let json = serde_json::to_string_pretty(&res.json()).context("encode the results")? + "\n";
+    let dists = dists_json(&res.dists, &covers);
+    let dists = serde_json::to_string(&dists).context("encode the distributions")? + "\n";
+    let title = format!(
+        "Sluice vs its baselines: latency by percentile ({} mode, {} rounds merged)",
+        if cfg.quick { "quick" } else { "full" },
+        cfg.rounds
+    );
+    let svg = svg::render(&title, &res.dists);
+    let md = format!(
+        "{}\n{}\n```text\n{summary}\n```\n",
+        res.markdown(),
+        res.targets()
+            .iter()
+            .map(|t| format!("- {t}\n"))
+            .collect::<String>()
+    );
+    for (name, text) in [
+        (format!("{}.json", cfg.stem), json),
+        (svg_name, svg),
+        (format!("{}.md", cfg.stem), md),
+        (format!("{}.dists.json", cfg.stem), dists),
+    ] {
+        let path = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test that a merge keeps the earlier records of the scenarios not measured, replaces
+    /// those measured (every run of them), in the scenario list's order, and that the JSON
+    /// reads back as written.
+    #[test]
+    fn merge_replaces_measured_scenarios_and_keeps_the_rest() {
+        let mut earlier = Results::default();
+        earlier.add("pod-pod-rr-1b", "rate", "req/s", true, "sluice", 1.0);
+        earlier.add("pod-pod-rr-1b", "rate", "req/s", true, "sluice", 3.0);
+        earlier.add("policy-apply", "p99", "s", false, "sluice", 9.0);
+        earlier.add("cni-add", "p50", "ms", false, "bridge", 5.0);
+        let mut h = Histogram::default();
+        h.record(1000);
+        earlier.add_dist("pod-pod-rr-1b", "t", "sluice", &h);
+        let covers = earlier.scenarios();
+        let saved = dists_json(&earlier.dists, &covers);
+        let json = earlier.json();
+
+        let mut now = Results::default();
+        now.add("policy-apply", "p99", "s", false, "sluice", 0.5);
+        let m = now.merge_earlier(
+            records(&json).expect("records"),
+            Some(dists(&saved).expect("d")),
+        );
+        assert_eq!(m.kept, ["pod-pod-rr-1b", "cni-add"]);
+        assert!(m.picture_whole);
+        let out = now.json();
+        let order: Vec<&str> = out
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|r| r["scenario"].as_str())
+            .collect();
+        assert_eq!(order, ["pod-pod-rr-1b", "cni-add", "policy-apply"]);
+        assert_eq!(out[0]["systems"]["sluice"]["runs"], json!([1.0, 3.0]));
+        assert_eq!(out[2]["systems"]["sluice"]["runs"], json!([0.5]));
+        assert_eq!(now.dists.len(), 1);
+    }
+
+    /// Test that without the earlier distributions the picture is known not to be whole.
+    #[test]
+    fn merge_without_distributions_says_the_picture_is_partial() {
+        let mut earlier = Results::default();
+        earlier.add("pod-pod-rr-1b", "rate", "req/s", true, "sluice", 1.0);
+        let mut now = Results::default();
+        now.add("policy-apply", "p99", "s", false, "sluice", 0.5);
+        let m = now.merge_earlier(records(&earlier.json()).expect("records"), None);
+        assert!(!m.picture_whole);
+        assert_eq!(m.covers, BTreeSet::from(["policy-apply".to_string()]));
+    }
+}
