@@ -158,11 +158,7 @@ pub fn reset_to_pod(ctx: &TcContext, ifindex: u32, peer: bool, reason: u32) -> i
         return drop(ctx, reason);
     }
     crate::skb::count(reason, FRAME_LEN);
-    if peer {
-        unsafe { aya_ebpf::helpers::generated::bpf_redirect_peer(ifindex, 0) as i32 }
-    } else {
-        unsafe { aya_ebpf::helpers::generated::bpf_redirect(ifindex, 0) as i32 }
-    }
+    send_back(ifindex, peer)
 }
 
 /// The ICMP answer: Ethernet, IPv4, ICMP destination unreachable, and the original IPv4 header
@@ -236,6 +232,13 @@ fn unreachable(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32, peer: bool, reason: 
         return drop(ctx, reason);
     }
     crate::skb::count(reason, UNREACHABLE_LEN);
+    send_back(ifindex, peer)
+}
+
+/// Sends an answer back where its packet came from: into the pod behind host veth `ifindex`
+/// (`peer`), or out of the interface `ifindex` it arrived on.
+#[inline(always)]
+fn send_back(ifindex: u32, peer: bool) -> i32 {
     if peer {
         unsafe { aya_ebpf::helpers::generated::bpf_redirect_peer(ifindex, 0) as i32 }
     } else {
