@@ -197,11 +197,7 @@ fn try_to_pod(ctx: &TcContext) -> Result<i32, i32> {
     }
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(TC_ACT_UNSPEC)?;
     let hdr = unsafe { *ip };
-    let src_flags = match unsafe { ENDPOINTS.get(IpKey::v4(hdr.saddr)) } {
-        Some(ep) => ep.flags,
-        None => 0,
-    };
-    let flow = flow_of(ctx, &hdr, src_flags);
+    let flow = flow_of(ctx, &hdr, policy::flags_of(hdr.saddr));
     enforce(ctx, &flow)?;
     Ok(TC_ACT_UNSPEC)
 }

@@ -2,21 +2,19 @@
 //! may be an isolated local pod (see `datapath_common::policy` for the maps).
 //!
 //! A packet passes when no side is isolated in its direction; else when it belongs to a tracked
-//! connection judged under the current policy revision; else it is judged: the source's egress
-//! rules (if the source is isolated for egress) AND the destination's ingress rules (if the
-//! destination is isolated for ingress) must allow it (see `datapath_common::policy` for how
-//! connections are tracked). Traffic between a pod and its own node
-//! is always allowed (the API reference: a pod isolated for ingress still accepts its node's
-//! connections; the same for egress keeps probes' and the node's services working), and a pod
-//! reaching itself through its own Service is its own business. A TCP segment that is not a bare SYN and has no tracked connection may
-//! be the reply of a connection opened before its side became isolated: it passes when the
-//! reverse direction would be allowed (and is tracked from then on).
+//! connection judged under the current policy revision; else it is judged by
+//! `datapath_common::policy::judge` (the source's egress AND the destination's ingress; a pod
+//! and its own node always reach each other). A TCP segment that is not a bare SYN and has no
+//! tracked connection may be the reply of a connection opened before its side became isolated:
+//! it passes when the reverse direction would be allowed (and is tracked from then on).
+//!
+//! [`socket_allowed`] is the same verdict for the sockops program: an isolated pod's socket is
+//! accelerated only when its connection is tracked as allowed under the current revision.
 
 use aya_ebpf::{bindings::BPF_ANY, maps::lpm_trie::Key};
 use datapath_common::{
-    endpoint, metrics, nat,
+    metrics, nat,
     policy::{self, RuleData},
-    svc,
 };
 
 use crate::{
@@ -43,19 +41,11 @@ pub struct Flow {
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// Whether `subject`'s rules in `dir` allow `peer` on `proto`/`port` (host order).
+/// The trie lookup [`policy::judge`] asks for: the entry of `data`'s full /32 key allows `port`.
 #[inline(always)]
-fn rules_allow(subject: [u8; 4], dir: u8, peer: [u8; 4], proto: u8, port: u16) -> bool {
-    let len = policy::fixed_bits() + 32;
-    let key = Key::new(len, RuleData::v4(subject, dir, proto, peer));
-    if let Some(v) = POLICY.get(&key) {
-        if v.allows(port) {
-            return true;
-        }
-    }
-    let any = Key::new(len, RuleData::v4(subject, dir, policy::PROTO_ANY, peer));
-    // An `except` inside a rule without ports is an entry with no range: denied.
-    POLICY.get(&any).is_some_and(|v| v.allows(port))
+fn trie_allows(data: &RuleData, port: u16) -> bool {
+    let key = Key::new(policy::fixed_bits() + 32, *data);
+    POLICY.get(&key).is_some_and(|v| v.allows(port))
 }
 
 /// Judges a new connection from `s` to `d`: `None` when allowed, else the drop reason.
@@ -69,24 +59,76 @@ fn judge(
     dflags: u32,
     node: [u8; 4],
 ) -> Option<u32> {
-    if sflags & endpoint::FLAG_ISOLATED_EGRESS != 0
-        && d != node
-        && !rules_allow(s, policy::DIR_EGRESS, d, proto, dport)
-    {
-        return Some(metrics::DROP_POLICY_EGRESS);
-    }
-    if dflags & endpoint::FLAG_ISOLATED_INGRESS != 0
-        && s != node
-        && s != svc::HAIRPIN_SOURCE4
-        && !rules_allow(d, policy::DIR_INGRESS, s, proto, dport)
-    {
-        return Some(metrics::DROP_POLICY_INGRESS);
-    }
-    None
+    let c = policy::Conn {
+        saddr: s,
+        daddr: d,
+        proto,
+        dport,
+        sflags,
+        dflags,
+    };
+    policy::judge(&c, node, &trie_allows)
 }
 
+/// The verdict of a tracked connection (`t`, opened as `c`): `None` when it is not tracked,
+/// else 0 or its drop reason, judged again first when the policy changed since.
 #[inline(always)]
-fn flags_of(addr: [u8; 4]) -> u32 {
+fn tracked(t: &nat::Tuple, c: &policy::Conn, rev: u32, node: [u8; 4]) -> Option<u32> {
+    let e = CONNTRACK.get_ptr_mut(t)?;
+    let e = unsafe { &mut *e };
+    if e.revision != rev {
+        e.denied = policy::judge(c, node, &trie_allows).unwrap_or(0);
+        e.revision = rev;
+    }
+    Some(e.denied)
+}
+
+/// Whether the established TCP socket `local:lport` → `remote:rport` (ports network order;
+/// `lflags`/`rflags` the ends' endpoint flags) may be accelerated as far as policy goes: no
+/// end is isolated, or its connection is tracked (the TC programs recorded its SYN) and
+/// allowed under the current revision. An untracked connection of an isolated pod stays on
+/// the packet path, where it is judged.
+#[inline(always)]
+pub fn socket_allowed(
+    local: [u8; 4],
+    lport: u16,
+    remote: [u8; 4],
+    rport: u16,
+    lflags: u32,
+    rflags: u32,
+) -> bool {
+    if !policy::any_isolated(lflags, rflags) {
+        return true;
+    }
+    let rev = POLICY_REVISION.get(0).copied().unwrap_or(0);
+    let node = CONFIG.get(0).map(|c| c.node_ip4).unwrap_or([0; 4]);
+    let out = policy::Conn {
+        saddr: local,
+        daddr: remote,
+        proto: IPPROTO_TCP,
+        dport: u16::from_be(rport),
+        sflags: lflags,
+        dflags: rflags,
+    };
+    let fwd = nat::Tuple::v4(IPPROTO_TCP, local, remote, lport, rport);
+    if let Some(denied) = tracked(&fwd, &out, rev, node) {
+        return denied == 0;
+    }
+    let inward = policy::Conn {
+        saddr: remote,
+        daddr: local,
+        proto: IPPROTO_TCP,
+        dport: u16::from_be(lport),
+        sflags: rflags,
+        dflags: lflags,
+    };
+    let back = nat::Tuple::v4(IPPROTO_TCP, remote, local, rport, lport);
+    tracked(&back, &inward, rev, node) == Some(0)
+}
+
+/// The endpoint flags of a local pod's address; 0 for any other address.
+#[inline(always)]
+pub fn flags_of(addr: [u8; 4]) -> u32 {
     match unsafe { ENDPOINTS.get(datapath_common::addr::IpKey::v4(addr)) } {
         Some(ep) => ep.flags,
         None => 0,
@@ -97,12 +139,11 @@ fn flags_of(addr: [u8; 4]) -> u32 {
 /// by the caller). A BPF subprogram with its own frame.
 #[inline(never)]
 pub fn check(f: &Flow) -> u32 {
-    let isolating = endpoint::FLAG_ISOLATED_INGRESS | endpoint::FLAG_ISOLATED_EGRESS;
     let dflags = flags_of(f.daddr);
     let rev = POLICY_REVISION.get(0).copied().unwrap_or(0);
     let fwd = nat::Tuple::v4(f.proto, f.saddr, f.daddr, f.sport, f.dport);
     let syn = f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if (f.src_flags | dflags) & isolating == 0 {
+    if !policy::any_isolated(f.src_flags, dflags) {
         if syn {
             // Remember who opened it, for when a side becomes isolated.
             let entry = policy::CtEntry {
@@ -120,23 +161,27 @@ pub fn check(f: &Flow) -> u32 {
     if !syn {
         // A tracked connection: its verdict, judged again (in the direction it was opened)
         // when the policy changed since.
-        if let Some(e) = CONNTRACK.get_ptr_mut(&fwd) {
-            let e = unsafe { &mut *e };
-            if e.revision != rev {
-                let v = judge(f.saddr, f.daddr, f.proto, dport, f.src_flags, dflags, node);
-                e.denied = v.unwrap_or(0);
-                e.revision = rev;
-            }
-            return e.denied;
+        let opened = policy::Conn {
+            saddr: f.saddr,
+            daddr: f.daddr,
+            proto: f.proto,
+            dport,
+            sflags: f.src_flags,
+            dflags,
+        };
+        if let Some(denied) = tracked(&fwd, &opened, rev, node) {
+            return denied;
         }
-        if let Some(e) = CONNTRACK.get_ptr_mut(&back) {
-            let e = unsafe { &mut *e };
-            if e.revision != rev {
-                let v = judge(f.daddr, f.saddr, f.proto, sport, dflags, f.src_flags, node);
-                e.denied = v.unwrap_or(0);
-                e.revision = rev;
-            }
-            return e.denied;
+        let replied = policy::Conn {
+            saddr: f.daddr,
+            daddr: f.saddr,
+            proto: f.proto,
+            dport: sport,
+            sflags: dflags,
+            dflags: f.src_flags,
+        };
+        if let Some(denied) = tracked(&back, &replied, rev, node) {
+            return denied;
         }
     }
     // A new connection, or one older than the tracker (opened before the agent, or evicted).

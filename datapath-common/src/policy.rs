@@ -125,6 +125,71 @@ pub struct CtEntry {
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 8);
 
+/// A connection as policy judges it, in the direction it was opened: IPv4 addresses in
+/// network order, the destination port in host order, each end's endpoint flags
+/// (`endpoint::FLAG_*`, 0 for an address that is not a local pod).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub proto: u8,
+    pub dport: u16,
+    pub sflags: u32,
+    pub dflags: u32,
+}
+
+/// Whether `subject`'s rules in `dir` allow `peer` on `proto`/`port`: its protocol's entry or
+/// the any-protocol entry. `allows(data, port)` is the trie lookup of the full /32 key of
+/// `data` and [`RuleValue::allows`] on what it finds (false when nothing matches): the map
+/// access of whichever side calls.
+#[inline(always)]
+pub fn rules_allow(
+    subject: [u8; 4],
+    dir: u8,
+    peer: [u8; 4],
+    proto: u8,
+    port: u16,
+    allows: &impl Fn(&RuleData, u16) -> bool,
+) -> bool {
+    allows(&RuleData::v4(subject, dir, proto, peer), port)
+        // An `except` inside a rule without ports is an entry with no range: denied.
+        || allows(&RuleData::v4(subject, dir, PROTO_ANY, peer), port)
+}
+
+/// The verdict on connection `c`: `None` when allowed, else the drop reason. The source's
+/// egress rules (when it is isolated for egress) AND the destination's ingress rules (when it
+/// is isolated for ingress) must allow it. Traffic between a pod and its own node (`node`) is
+/// always allowed (the API reference: a pod isolated for ingress still accepts its node's
+/// connections; the same for egress keeps probes and the node's services working), and so is
+/// a pod reaching itself through its own Service (hairpin source). One function for the TC
+/// programs, the sockops program and the agent, so they cannot judge differently.
+#[inline(always)]
+pub fn judge(c: &Conn, node: [u8; 4], allows: &impl Fn(&RuleData, u16) -> bool) -> Option<u32> {
+    if c.sflags & crate::endpoint::FLAG_ISOLATED_EGRESS != 0
+        && c.daddr != node
+        && !rules_allow(c.saddr, DIR_EGRESS, c.daddr, c.proto, c.dport, allows)
+    {
+        return Some(crate::metrics::DROP_POLICY_EGRESS);
+    }
+    if c.dflags & crate::endpoint::FLAG_ISOLATED_INGRESS != 0
+        && c.saddr != node
+        && c.saddr != crate::svc::HAIRPIN_SOURCE4
+        && !rules_allow(c.daddr, DIR_INGRESS, c.saddr, c.proto, c.dport, allows)
+    {
+        return Some(crate::metrics::DROP_POLICY_INGRESS);
+    }
+    None
+}
+
+/// Whether either end of a connection with these endpoint flags is isolated (its packets and
+/// sockets are judged at all).
+#[inline(always)]
+pub const fn any_isolated(sflags: u32, dflags: u32) -> bool {
+    (sflags | dflags)
+        & (crate::endpoint::FLAG_ISOLATED_INGRESS | crate::endpoint::FLAG_ISOLATED_EGRESS)
+        != 0
+}
+
 /// Isolation of a pod, by `pod_key`: `ISO_*` bits.
 pub const ISO_INGRESS: u32 = 1 << 0;
 pub const ISO_EGRESS: u32 = 1 << 1;
@@ -172,6 +237,131 @@ mod tests {
         let base = &d as *const RuleData as usize;
         let addr = &d.peer.addr as *const [u8; 16] as usize;
         assert_eq!((addr - base) as u32 * 8, fixed_bits());
+    }
+
+    const A: [u8; 4] = [10, 244, 1, 1];
+    const B: [u8; 4] = [10, 244, 1, 2];
+    const NODE: [u8; 4] = [192, 0, 2, 2];
+    const ING: u32 = crate::endpoint::FLAG_ISOLATED_INGRESS;
+    const EGR: u32 = crate::endpoint::FLAG_ISOLATED_EGRESS;
+
+    fn value(ranges: &[(u16, u16)]) -> RuleValue {
+        let mut v = RuleValue {
+            count: ranges.len() as u32,
+            ranges: [PortRange::default(); MAX_RANGES],
+        };
+        for (slot, (lo, hi)) in v.ranges.iter_mut().zip(ranges) {
+            *slot = PortRange { lo: *lo, hi: *hi };
+        }
+        v
+    }
+
+    /// A trie of exact /32 entries, enough for `judge`'s full-key lookups.
+    fn trie(entries: &[(RuleData, RuleValue)]) -> impl Fn(&RuleData, u16) -> bool + '_ {
+        move |d, port| entries.iter().any(|(k, v)| k == d && v.allows(port))
+    }
+
+    fn conn(sflags: u32, dflags: u32, dport: u16) -> Conn {
+        Conn {
+            saddr: A,
+            daddr: B,
+            proto: 6,
+            dport,
+            sflags,
+            dflags,
+        }
+    }
+
+    /// Test that a connection needs the source's egress AND the destination's ingress, each
+    /// only where that side is isolated, as the NetworkPolicy API reference defines it.
+    #[test]
+    fn judge_needs_both_isolated_sides() {
+        let egress_b80 = (RuleData::v4(A, DIR_EGRESS, 6, B), value(&[(80, 80)]));
+        let ingress_a80 = (RuleData::v4(B, DIR_INGRESS, 6, A), value(&[(80, 80)]));
+        let none = trie(&[]);
+        let both = [egress_b80, ingress_a80];
+        let both = trie(&both);
+        let only_egress = [egress_b80];
+        let only_egress = trie(&only_egress);
+        // Nobody isolated: allowed, whatever the rules.
+        assert_eq!(judge(&conn(0, 0, 80), NODE, &none), None);
+        // Isolated without rules: denied in the isolated direction.
+        assert_eq!(
+            judge(&conn(EGR, 0, 80), NODE, &none),
+            Some(crate::metrics::DROP_POLICY_EGRESS)
+        );
+        assert_eq!(
+            judge(&conn(0, ING, 80), NODE, &none),
+            Some(crate::metrics::DROP_POLICY_INGRESS)
+        );
+        // Ingress isolation of the source and egress isolation of the destination don't apply.
+        assert_eq!(judge(&conn(ING, EGR, 80), NODE, &none), None);
+        // Both sides isolated: egress alone is not enough.
+        assert_eq!(
+            judge(&conn(EGR, ING, 80), NODE, &only_egress),
+            Some(crate::metrics::DROP_POLICY_INGRESS)
+        );
+        assert_eq!(judge(&conn(EGR, ING, 80), NODE, &both), None);
+        // Only the allowed port.
+        assert_eq!(
+            judge(&conn(EGR, ING, 81), NODE, &both),
+            Some(crate::metrics::DROP_POLICY_EGRESS)
+        );
+    }
+
+    /// Test that a rule without ports (protocol 0 entry) allows every port of every protocol,
+    /// and that an entry with no range (an `except`) allows nothing.
+    #[test]
+    fn judge_any_protocol_entry_and_empty_entry() {
+        let any = [(
+            RuleData::v4(B, DIR_INGRESS, PROTO_ANY, A),
+            value(&[(0, u16::MAX)]),
+        )];
+        let any = trie(&any);
+        for (proto, port) in [(6, 80), (17, 53), (132, 9999)] {
+            let c = Conn {
+                proto,
+                ..conn(0, ING, port)
+            };
+            assert_eq!(judge(&c, NODE, &any), None, "proto {proto} port {port}");
+        }
+        let empty = [(RuleData::v4(B, DIR_INGRESS, PROTO_ANY, A), value(&[]))];
+        let empty = trie(&empty);
+        assert_eq!(
+            judge(&conn(0, ING, 80), NODE, &empty),
+            Some(crate::metrics::DROP_POLICY_INGRESS)
+        );
+    }
+
+    /// Test that a pod and its own node always reach each other, and that a pod reaching
+    /// itself through its Service (hairpin source) is not judged by its ingress rules.
+    #[test]
+    fn judge_node_and_hairpin_always_allowed() {
+        let none = trie(&[]);
+        let from_node = Conn {
+            saddr: NODE,
+            ..conn(0, ING, 80)
+        };
+        assert_eq!(judge(&from_node, NODE, &none), None);
+        let to_node = Conn {
+            daddr: NODE,
+            ..conn(EGR, 0, 80)
+        };
+        assert_eq!(judge(&to_node, NODE, &none), None);
+        let hairpin = Conn {
+            saddr: crate::svc::HAIRPIN_SOURCE4,
+            ..conn(0, ING, 80)
+        };
+        assert_eq!(judge(&hairpin, NODE, &none), None);
+        // The node's address as a destination is not an exception for ingress of others.
+        let other = Conn {
+            saddr: [10, 244, 1, 9],
+            ..conn(0, ING, 80)
+        };
+        assert_eq!(
+            judge(&other, NODE, &none),
+            Some(crate::metrics::DROP_POLICY_INGRESS)
+        );
     }
 
     /// Test that the pod key separates namespace and name.
