@@ -5,7 +5,8 @@
 //!
 //! Only sockets of namespaces Sluice created (registered in `SL_PODNS_V1` by the CNI plugin)
 //! are accelerated, so host processes and other nodes' peers keep the normal path, and a pod
-//! can opt out (`NS_FLAG_NO_SOCKMAP`). A socket leaves the sockhash when it closes (the kernel
+//! can opt out (`NS_FLAG_NO_SOCKMAP`). A connection of a pod that NetworkPolicy isolates is
+//! accelerated only once the TC programs judged it allowed, so the redirect never skips policy. A socket leaves the sockhash when it closes (the kernel
 //! unlinks it), so a later socket reusing the ports starts from a clean entry.
 
 use aya_ebpf::{
@@ -21,31 +22,36 @@ use datapath_common::{addr::IpKey, endpoint, metrics, sock};
 
 use crate::{
     maps::{ENDPOINTS, POD_NAMESPACES, SOCKHASH},
+    policy,
     skb::count,
 };
 
 const AF_INET: u32 = 2;
 
-/// Whether both ends are on this node and both take part: two local pods that did not opt out,
-/// or loopback. Both ends must be checked on both sides: a socket in the sockhash whose peer
-/// never joins is only slowed down (its reads go through the sockmap receive path).
+/// The endpoint flags of a local pod's address, when it takes part (did not opt out).
 #[inline(always)]
-fn same_node(local: [u8; 4], remote: [u8; 4]) -> bool {
+fn taking_part(ip: [u8; 4]) -> Option<u32> {
+    match unsafe { ENDPOINTS.get(IpKey::v4(ip)) } {
+        Some(ep) if ep.flags & endpoint::FLAG_NO_SOCKMAP == 0 => Some(ep.flags),
+        _ => None,
+    }
+}
+
+/// Whether a socket is accelerated: loopback, or both ends are pods of this node that take
+/// part and policy allows their connection (an isolated pod's connection must be tracked as
+/// allowed under the current revision, see `policy::socket_allowed`; the agent takes an
+/// accelerated socket back to the packet path when a policy change denies its connection).
+/// Both ends are checked on both sides: a socket in the sockhash whose peer never joins is
+/// only slowed down (its reads go through the sockmap receive path).
+#[inline(always)]
+fn accelerate(local: [u8; 4], lport: u16, remote: [u8; 4], rport: u16) -> bool {
     if sock::is_loopback4(local) && sock::is_loopback4(remote) {
         return true;
     }
-    let takes_part = |ip: [u8; 4]| match unsafe { ENDPOINTS.get(IpKey::v4(ip)) } {
-        // An isolated pod's connections stay on the packet path, where policy is enforced.
-        Some(ep) => {
-            ep.flags
-                & (endpoint::FLAG_NO_SOCKMAP
-                    | endpoint::FLAG_ISOLATED_INGRESS
-                    | endpoint::FLAG_ISOLATED_EGRESS)
-                == 0
-        }
-        None => false,
+    let (Some(lflags), Some(rflags)) = (taking_part(local), taking_part(remote)) else {
+        return false;
     };
-    takes_part(local) && takes_part(remote)
+    policy::socket_allowed(local, lport.to_be(), remote, rport.to_be(), lflags, rflags)
 }
 
 #[sock_ops]
@@ -64,10 +70,10 @@ pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
     }
     let local = ctx.local_ip4().to_ne_bytes();
     let remote = ctx.remote_ip4().to_ne_bytes();
-    if !same_node(local, remote) {
+    let (lport, rport) = sock::ports_from_ctx(ctx.local_port(), ctx.remote_port());
+    if !accelerate(local, lport, remote, rport) {
         return 0;
     }
-    let (lport, rport) = sock::ports_from_ctx(ctx.local_port(), ctx.remote_port());
     let key = sock::SockKey::of_socket(local, lport, remote, rport, cookie);
     let ops = unsafe { &mut *ctx.ops };
     if SOCKHASH.update(key, ops, BPF_ANY as u64).is_ok() {
