@@ -55,21 +55,67 @@ struct Shared {
     policy: Mutex<PolicyState>,
 }
 
+/// What services and policy are computed from: the cluster state and this node's pods
+/// (namespace, name) → address, from the endpoint map. Read once per reconciliation.
+struct Inputs {
+    cluster: Arc<ClusterState>,
+    pods: BTreeMap<(String, String), IpAddr>,
+}
+
+impl Inputs {
+    fn read(shared: &Shared) -> anyhow::Result<Self> {
+        let cluster = shared
+            .cluster
+            .read()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+            .clone();
+        let pods = user::Endpoints::open(&shared.settings.bpffs)?
+            .list()?
+            .into_iter()
+            .filter(|e| !e.name.is_empty())
+            .map(|e| ((e.namespace, e.name), e.addr))
+            .collect();
+        Ok(Self { cluster, pods })
+    }
+}
+
+/// The inputs of the last computation: recompute only when one changes.
+#[derive(Default)]
+struct Seen {
+    cluster: Option<Arc<ClusterState>>,
+    pods: BTreeMap<(String, String), IpAddr>,
+}
+
+impl Seen {
+    /// Whether `inputs` differ from those last recorded with [`Seen::record`].
+    fn changed(&self, inputs: &Inputs) -> bool {
+        !(self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &inputs.cluster))
+            && self.pods == inputs.pods)
+    }
+
+    fn record(&mut self, inputs: &Inputs) {
+        self.cluster = Some(inputs.cluster.clone());
+        self.pods = inputs.pods.clone();
+    }
+}
+
 /// NetworkPolicy: the maps, the last compiled set, and its inputs.
 struct PolicyState {
     maps: enforce::PolicyMaps,
     set: policy::PolicySet,
-    last_cluster: Option<Arc<ClusterState>>,
-    last_pods: BTreeMap<(String, String), IpAddr>,
+    seen: Seen,
+    /// Accelerated sockets are to be judged again at the next tick (after a revision bump).
+    recheck: bool,
 }
 
 /// The service load balancer's state: the maps, what was last computed, and from what.
 struct LbState {
     maps: lb::ServiceMaps,
     frontends: Vec<services::Frontend>,
-    /// The inputs of the last computation: recompute only when one changes.
-    last_cluster: Option<Arc<ClusterState>>,
-    last_pods: BTreeMap<(String, String), IpAddr>,
+    seen: Seen,
     cfg: config::NodeConfig,
 }
 
@@ -418,22 +464,18 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         policy: Mutex::new(PolicyState {
             maps: enforce::PolicyMaps::open(&s.bpffs)?,
             set: policy::PolicySet::default(),
-            last_cluster: None,
-            last_pods: BTreeMap::new(),
+            seen: Seen::default(),
+            recheck: false,
         }),
         lb: Mutex::new(LbState {
             maps: svc_maps,
             frontends: Vec::new(),
-            last_cluster: None,
-            last_pods: BTreeMap::new(),
+            seen: Seen::default(),
             cfg,
         }),
     });
-    if let Err(e) = sync_services(&shared) {
-        tracing::warn!(error = %format!("{e:#}"), "program services");
-    }
-    if let Err(e) = sync_policy(&shared) {
-        tracing::warn!(error = %format!("{e:#}"), "program network policy");
+    for e in sync_derived(&shared) {
+        tracing::warn!(error = %format!("{e:#}"), "program services and network policy");
     }
     let listener = api::bind(&s.state_dir)?;
     let server = tokio::spawn(api::serve(listener, shared.clone()));
@@ -451,18 +493,15 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
                 // Pods appear through CNI ADD, which does not tell the agent: look often.
                 let sh = shared.clone();
                 let res = tokio::task::spawn_blocking(move || {
-                    (reconcile_pod_flags(&sh), sync_services(&sh), sync_policy(&sh))
+                    (reconcile_pod_flags(&sh), sync_derived(&sh))
                 })
                 .await;
-                if let Ok((flags, svcs, pol)) = res {
-                    if let Err(e) = pol {
-                        tracing::warn!(error = %format!("{e:#}"), "program network policy");
-                    }
+                if let Ok((flags, derived)) = res {
                     if let Err(e) = flags {
                         tracing::warn!(error = %format!("{e:#}"), "reconcile pod flags");
                     }
-                    if let Err(e) = svcs {
-                        tracing::warn!(error = %format!("{e:#}"), "program services");
+                    for e in derived {
+                        tracing::warn!(error = %format!("{e:#}"), "program services and network policy");
                     }
                 }
             }
@@ -539,40 +578,38 @@ fn reconcile_pod_flags(shared: &Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Services and NetworkPolicy, each brought in line with the inputs read once; the errors of
+/// either (one failing does not hold back the other).
+fn sync_derived(shared: &Shared) -> Vec<anyhow::Error> {
+    let inputs = match Inputs::read(shared) {
+        Ok(i) => i,
+        Err(e) => return vec![e],
+    };
+    [sync_services(shared, &inputs), sync_policy(shared, &inputs)]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
+}
+
 /// Recomputes the service frontends when the cluster state or the local pods changed, and
 /// programs the difference into the maps.
-fn sync_services(shared: &Shared) -> anyhow::Result<()> {
-    let cluster = shared
-        .cluster
-        .read()
-        .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
-        .clone();
-    let pods: BTreeMap<(String, String), IpAddr> = user::Endpoints::open(&shared.settings.bpffs)?
-        .list()?
-        .into_iter()
-        .filter(|e| !e.name.is_empty())
-        .map(|e| ((e.namespace, e.name), e.addr))
-        .collect();
+fn sync_services(shared: &Shared, inputs: &Inputs) -> anyhow::Result<()> {
+    let (cluster, pods) = (&inputs.cluster, &inputs.pods);
     let mut st = shared
         .lb
         .lock()
         .map_err(|_| anyhow::anyhow!("lb lock poisoned"))?;
-    if st
-        .last_cluster
-        .as_ref()
-        .is_some_and(|c| Arc::ptr_eq(c, &cluster))
-        && st.last_pods == pods
-    {
+    if !st.seen.changed(inputs) {
         return Ok(());
     }
     let started = Instant::now();
     let node_ips = [IpAddr::V4(shared.node_ip)];
     let want = services::frontends(
-        &cluster,
+        cluster,
         &services::NodeInfo {
             node_name: &shared.settings.node_name,
             node_ips: &node_ips,
-            local_pods: &pods,
+            local_pods: pods,
             default_maglev: shared.settings.maglev,
         },
     );
@@ -584,7 +621,7 @@ fn sync_services(shared: &Shared) -> anyhow::Result<()> {
         } else {
             st.cfg.flags &= !config::FLAG_SERVICES;
         }
-        write_config(&shared.settings.bpffs, &st.cfg)?;
+        datapath::write_config(&shared.settings.bpffs, &st.cfg)?;
     }
     if stats.added + stats.updated + stats.removed > 0 {
         tracing::info!(
@@ -598,54 +635,43 @@ fn sync_services(shared: &Shared) -> anyhow::Result<()> {
         );
     }
     st.frontends = want;
-    st.last_cluster = Some(cluster);
-    st.last_pods = pods;
+    st.seen.record(inputs);
     Ok(())
-}
-
-/// The local pods (namespace, name) → address, from the endpoint map.
-fn local_pods(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<(String, String), IpAddr>> {
-    Ok(user::Endpoints::open(bpffs)?
-        .list()?
-        .into_iter()
-        .filter(|e| !e.name.is_empty())
-        .map(|e| ((e.namespace, e.name), e.addr))
-        .collect())
 }
 
 /// Recompiles NetworkPolicy when the cluster state or the local pods changed, and programs
 /// the difference into the maps.
-fn sync_policy(shared: &Shared) -> anyhow::Result<()> {
-    let cluster = shared
-        .cluster
-        .read()
-        .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
-        .clone();
-    let pods = local_pods(&shared.settings.bpffs)?;
+fn sync_policy(shared: &Shared, inputs: &Inputs) -> anyhow::Result<()> {
+    let (cluster, pods) = (&inputs.cluster, &inputs.pods);
     let mut st = shared
         .policy
         .lock()
         .map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
-    if st
-        .last_cluster
-        .as_ref()
-        .is_some_and(|c| Arc::ptr_eq(c, &cluster))
-        && st.last_pods == pods
-    {
+    if !st.seen.changed(inputs) {
+        if std::mem::take(&mut st.recheck) {
+            take_back_denied(&st.maps, shared.node_ip)?;
+        }
         return Ok(());
     }
     let started = Instant::now();
     let node_ips = [IpAddr::V4(shared.node_ip)];
     let set = policy::compile(
-        &cluster,
+        cluster,
         &policy::LocalNode {
             node_name: &shared.settings.node_name,
             node_ips: &node_ips,
-            local_pods: &pods,
+            local_pods: pods,
         },
     );
     let local: std::collections::BTreeSet<IpAddr> = pods.values().copied().collect();
-    let stats = st.maps.sync(&set, &cluster, &local)?;
+    let revision = st.maps.revision();
+    let stats = st.maps.sync(&set, cluster, &local)?;
+    if stats.revision != revision {
+        take_back_denied(&st.maps, shared.node_ip)?;
+        // Once more at the next tick: a socket whose sockops ran under the old revision may
+        // have entered the sockhash after this walk passed.
+        st.recheck = true;
+    }
     if stats.written + stats.removed > 0 || st.set != set {
         tracing::info!(
             entries = stats.entries,
@@ -659,18 +685,21 @@ fn sync_policy(shared: &Shared) -> anyhow::Result<()> {
         );
     }
     st.set = set;
-    st.last_cluster = Some(cluster);
-    st.last_pods = pods;
+    st.seen.record(inputs);
     Ok(())
 }
 
-fn write_config(bpffs: &std::path::Path, cfg: &config::NodeConfig) -> anyhow::Result<()> {
-    use aya::maps::{Array, Map, MapData};
-    let path = user::map_path(bpffs, config::MAP_NAME);
-    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
-    let mut arr: Array<MapData, config::NodeConfig> =
-        Array::try_from(Map::Array(md)).context("config map type")?;
-    arr.set(0, cfg, 0).context("write the node configuration")?;
+/// Takes accelerated sockets that the policy now denies back to the packet path.
+fn take_back_denied(maps: &enforce::PolicyMaps, node: Ipv4Addr) -> anyhow::Result<()> {
+    let taken = maps
+        .recheck_accelerated(node)
+        .context("recheck accelerated connections")?;
+    if taken > 0 {
+        tracing::info!(
+            sockets = taken,
+            "accelerated sockets of connections the policy now denies taken back to the packet path"
+        );
+    }
     Ok(())
 }
 

@@ -260,12 +260,7 @@ impl Datapath {
 
     /// Writes the node configuration the programs read.
     pub fn configure(&self, cfg: &config::NodeConfig) -> anyhow::Result<()> {
-        let path = user::map_path(&self.bpffs, config::MAP_NAME);
-        let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
-        let mut arr: Array<MapData, config::NodeConfig> =
-            Array::try_from(Map::Array(md)).context("config map type")?;
-        arr.set(0, cfg, 0).context("write the node configuration")?;
-        Ok(())
+        write_config(&self.bpffs, cfg)
     }
 
     /// Attaches the masquerade programs to the uplink (replacing earlier ones in place).
@@ -295,6 +290,17 @@ impl Datapath {
         }
         Ok((ok, missing))
     }
+}
+
+/// Writes the node configuration into the pinned `SL_CFG_V1` of `bpffs` (at load, and when
+/// the agent turns a datapath feature on or off).
+pub fn write_config(bpffs: &Path, cfg: &config::NodeConfig) -> anyhow::Result<()> {
+    let path = user::map_path(bpffs, config::MAP_NAME);
+    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+    let mut arr: Array<MapData, config::NodeConfig> =
+        Array::try_from(Map::Array(md)).context("config map type")?;
+    arr.set(0, cfg, 0).context("write the node configuration")?;
+    Ok(())
 }
 
 /// Loads the socket acceleration programs: sk_msg onto the sockhash (that attachment lives
