@@ -15,6 +15,7 @@ pub mod bench;
 pub mod netns;
 pub mod node;
 pub mod progtest;
+pub mod sockcheck;
 
 pub use netns::{in_netns, Netns};
 pub use node::{CniCall, CniOutput, Node, NodeOptions, Pod};
