@@ -12,7 +12,10 @@
 //!   100 changes (20 in `--quick`) that alternately open and close a port ([`probe`]).
 //! - `agent-rss-policies`: the agent's resident memory on a fresh node once 1,000 policies and
 //!   1,000 pods are compiled and programmed (`sluice`), and on the same agent just before,
-//!   with its two CNI pods and no manifest (`sluice-empty`).
+//!   with its two CNI pods and no manifest (`sluice-empty`). As the agent's standalone mode
+//!   compiles no pod of another node as a peer ([`manifests`]), the same is measured on a
+//!   fresh node like the traffic scenarios' (1,000 policies, 103 CNI pods, 100 peers), and
+//!   on one without the policies (`sluice-nopolicy`): `mib-103-local-pods`.
 //!
 //! The manifests are [`manifests`]'; what they mean is checked in its unit tests with the
 //! agent's own compiler.
@@ -53,6 +56,9 @@ pub const SCENARIOS: [&str; 4] = [
 /// Policies and pods of `agent-rss-policies`: 1,000 policies, 2 CNI pods and 998 remote ones.
 const RSS_POLICIES: usize = 1000;
 const RSS_PODS: usize = 1000;
+/// `agent-rss-policies`' figure on the traffic scenarios' node (103 CNI pods, 100 of them
+/// peers the agent compiles; the remote pods it does not, see [`manifests`]).
+const LOCAL_METRIC: &str = "mib-103-local-pods";
 /// The agent re-reads a manifest modified less than 2 s ago on every rescan
 /// (`daemon::manifests::dir::RACY_WINDOW`): memory is read once that is over.
 const SETTLE: Duration = Duration::from_millis(3000);
@@ -297,7 +303,8 @@ fn apply(cfg: &Config, node: &PolicyNode, res: &mut Results) -> Result<()> {
 
 /// `agent-rss-policies`: per round a fresh node; memory with its two CNI pods and no
 /// manifest (`sluice-empty`), then with 1,000 policies and 1,000 pods compiled and
-/// programmed (`sluice`).
+/// programmed (`sluice`); then two fresh nodes with the traffic scenarios' 103 CNI pods, with
+/// and without the policies.
 fn rss(cfg: &Config, res: &mut Results) -> Result<String> {
     let scenario = "agent-rss-policies";
     let n_rounds = if cfg.quick { 1 } else { cfg.rounds };
@@ -374,13 +381,28 @@ fn rss(cfg: &Config, res: &mut Results) -> Result<String> {
             field(&prog, "entries").unwrap_or(0),
             field(&prog, "ms").unwrap_or(0)
         );
+        drop((server, client, node));
+        // The traffic scenarios' node, whose 99 peers are CNI pods the agent compiles as peers,
+        // with the policies and without.
+        let mut local = Vec::new();
+        for (system, policies) in [("sluice", true), ("sluice-nopolicy", false)] {
+            let n = PolicyNode::new(system, &cfg.agent_args, true, policies)?;
+            std::thread::sleep(SETTLE);
+            let (mib, _) = agent_memory(&n.node)?;
+            res.add(scenario, LOCAL_METRIC, "MiB", false, system, mib);
+            local.push(num(mib));
+        }
+        line.push_str(&format!(
+            "; with the 103 CNI pods of the traffic scenarios {} MiB with the policies, {} \
+             without",
+            local[0], local[1]
+        ));
         eprintln!(
             "  round {}/{n_rounds} {:<16} {line}  ({:.1} s)",
             round + 1,
             "sluice",
             t.elapsed().as_secs_f64()
         );
-        drop((server, client));
     }
     Ok(format!("{scenario}, last round: {line}"))
 }
