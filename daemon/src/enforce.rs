@@ -29,6 +29,11 @@ use crate::model::{selector_matches, ClusterState};
 use crate::policy::{Allow, Endpoint, Peer, PolicySet, Ports};
 use crate::services::Proto;
 
+mod accel;
+mod capacity;
+
+use capacity::{fit, policy_key_addr};
+
 type RuleKey = (u32, policy::RuleData);
 
 /// What one [`PolicyMaps::sync`] did.
@@ -39,6 +44,9 @@ pub struct SyncStats {
     pub removed: usize,
     /// Entries written empty because their ranges did not fit (fail closed).
     pub overflowed: usize,
+    /// Endpoints whose entries did not fit in the rule map: programmed with none, so all
+    /// their isolated directions deny everything but their node (fail closed).
+    pub failed_closed: usize,
     pub isolated_endpoints: usize,
     pub revision: u32,
 }
@@ -51,8 +59,14 @@ pub struct PolicyMaps {
     programmed: HashMap<RuleKey, policy::RuleValue>,
     isolation_keys: BTreeSet<u64>,
     bpffs: std::path::PathBuf,
-    /// Overflowed entries over the agent's life (a metric for `sluicectl status`).
+    /// Overflowed entries and failed-closed endpoints over the agent's life (metrics for
+    /// `sluicectl status`).
     pub overflowed_total: u64,
+    pub failed_closed_total: u64,
+    /// Entries the rule map holds at most (`policy::MAX_ENTRIES`).
+    pub capacity: usize,
+    /// What the last [`PolicyMaps::sync`] did.
+    pub last: SyncStats,
 }
 
 fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
@@ -241,6 +255,9 @@ impl PolicyMaps {
             isolation_keys,
             bpffs: bpffs.to_path_buf(),
             overflowed_total: 0,
+            failed_closed_total: 0,
+            capacity: policy::MAX_ENTRIES as usize,
+            last: SyncStats::default(),
         })
     }
 
@@ -306,8 +323,23 @@ impl PolicyMaps {
                 }
             }
         }
+        for subject in fit(&mut want, self.capacity) {
+            stats.failed_closed += 1;
+            let pod = set
+                .endpoints()
+                .find(|e| e.addrs.iter().any(|a| policy_key_addr(a) == Some(subject)))
+                .map(|e| e.pod.to_string())
+                .unwrap_or_default();
+            tracing::warn!(
+                %pod,
+                capacity = self.capacity,
+                "network policy rules do not fit in the rule map: this pod's isolated directions \
+                 deny everything but its node (fail closed)"
+            );
+        }
         self.overflowed_total += stats.overflowed as u64;
-        let mut changed = false;
+        self.failed_closed_total += stats.failed_closed as u64;
+        let mut changed = self.make_room(&want)?;
         // 1. New and changed entries.
         for (k, v) in &want {
             if self.programmed.get(k) != Some(v) {
@@ -368,106 +400,8 @@ impl PolicyMaps {
                 .context("bump the policy revision")?;
         }
         stats.revision = rev;
+        self.last = stats;
         Ok(stats)
-    }
-}
-
-impl PolicyMaps {
-    /// Takes every accelerated socket whose connection the current rules deny out of the
-    /// socket acceleration map, so its data goes back through TCP and the TC programs, which
-    /// drop it (sockops accelerates an isolated pod's connection only while it is allowed, but
-    /// a policy change can deny it later). Judged as the datapath judges
-    /// (`datapath_common::policy::judge` on the same trie), in the direction the connection was
-    /// opened (from the connection tracker); an untracked one is taken back to be safe. Allowed
-    /// connections stay accelerated: dropping a socket from the sockhash discards data
-    /// redirected to it and not read yet (Linux 6.18 `sk_psock_drop` purges its ingress queue),
-    /// which is acceptable only for a connection that stops anyway. Returns how many it took.
-    pub fn recheck_accelerated(&self, node: std::net::Ipv4Addr) -> anyhow::Result<usize> {
-        use aya::maps::SockHash;
-        use datapath_common::{nat::Tuple, sock::SockKey};
-        let Ok(md) =
-            MapData::from_pin(user::map_path(&self.bpffs, datapath_common::sock::MAP_NAME))
-        else {
-            return Ok(0); // acceleration is off
-        };
-        let mut hash: SockHash<MapData, SockKey> =
-            SockHash::try_from(Map::SockHash(md)).context("sockhash map type")?;
-        let keys: Vec<SockKey> = hash.keys().filter_map(Result::ok).collect();
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let ct: BpfHash<MapData, Tuple, policy::CtEntry> =
-            BpfHash::try_from(Map::LruHashMap(open_map(&self.bpffs, policy::CT_MAP_NAME)?))
-                .context("connection tracker map type")?;
-        let flags: HashMap<[u8; 4], u32> = user::Endpoints::open(&self.bpffs)?
-            .list()?
-            .into_iter()
-            .filter_map(|r| match r.addr {
-                IpAddr::V4(a) => Some((a.octets(), r.value.flags)),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let allows = |d: &policy::RuleData, port: u16| {
-            let key = Key::new(policy::fixed_bits() + 32, *d);
-            self.rules.get(&key, 0).is_ok_and(|v| v.allows(port))
-        };
-        let tcp = 6;
-        let mut taken = 0;
-        for k in keys {
-            if k.family != datapath_common::addr::FAMILY_V4 || k.netns != 0 {
-                continue; // loopback inside a pod: not policy's business
-            }
-            let v4 = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
-            let (local, remote) = (v4(&k.local_addr), v4(&k.remote_addr));
-            let (lport, rport) = (k.local_port as u16, k.remote_port as u16);
-            let lflags = flags.get(&local).copied().unwrap_or(0);
-            let rflags = flags.get(&remote).copied().unwrap_or(0);
-            if !policy::any_isolated(lflags, rflags) {
-                continue;
-            }
-            let out = policy::Conn {
-                saddr: local,
-                daddr: remote,
-                proto: tcp,
-                dport: rport,
-                sflags: lflags,
-                dflags: rflags,
-            };
-            let inward = policy::Conn {
-                saddr: remote,
-                daddr: local,
-                proto: tcp,
-                dport: lport,
-                sflags: rflags,
-                dflags: lflags,
-            };
-            let opened = if ct
-                .get(
-                    &Tuple::v4(tcp, local, remote, lport.to_be(), rport.to_be()),
-                    0,
-                )
-                .is_ok()
-            {
-                Some(out)
-            } else if ct
-                .get(
-                    &Tuple::v4(tcp, remote, local, rport.to_be(), lport.to_be()),
-                    0,
-                )
-                .is_ok()
-            {
-                Some(inward)
-            } else {
-                None
-            };
-            let allowed =
-                opened.is_some_and(|c| policy::judge(&c, node.octets(), &allows).is_none());
-            if !allowed {
-                user::absent_is_ok(hash.remove(&k)).context("take back an accelerated socket")?;
-                taken += 1;
-            }
-        }
-        Ok(taken)
     }
 }
 
