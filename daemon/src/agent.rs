@@ -161,6 +161,20 @@ impl api::Handler for Shared {
                 .map(|p| p.display().to_string()),
             uptime_seconds: self.started.elapsed().as_secs(),
             counters,
+            policy: self
+                .policy
+                .lock()
+                .map(|p| api::PolicyStatus {
+                    revision: p.maps.revision(),
+                    rule_entries: p.maps.last.entries,
+                    rule_capacity: p.maps.capacity,
+                    isolated_endpoints: p.maps.last.isolated_endpoints,
+                    overflowed_peers: p.maps.last.overflowed,
+                    failed_closed_endpoints: p.maps.last.failed_closed,
+                    overflowed_peers_total: p.maps.overflowed_total,
+                    failed_closed_total: p.maps.failed_closed_total,
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -679,6 +693,7 @@ fn sync_policy(shared: &Shared, inputs: &Inputs) -> anyhow::Result<()> {
             removed = stats.removed,
             isolated = stats.isolated_endpoints,
             overflowed = stats.overflowed,
+            failed_closed = stats.failed_closed,
             revision = stats.revision,
             ms = started.elapsed().as_millis() as u64,
             "network policy programmed"

@@ -73,6 +73,28 @@ pub struct Status {
     pub manifests: Option<String>,
     pub uptime_seconds: u64,
     pub counters: Vec<Counter>,
+    /// NetworkPolicy as programmed by the last reconciliation.
+    #[serde(default)]
+    pub policy: PolicyStatus,
+}
+
+/// What the NetworkPolicy maps hold, and what did not fit (each failed closed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Bumped on every change; tracked connections are judged again under a new one.
+    pub revision: u32,
+    pub rule_entries: usize,
+    pub rule_capacity: usize,
+    pub isolated_endpoints: usize,
+    /// Peers written with no port (they needed more ranges than an entry holds): denied.
+    pub overflowed_peers: usize,
+    /// Endpoints programmed with no rule because theirs did not fit in the rule map: their
+    /// isolated directions deny everything but their node.
+    pub failed_closed_endpoints: usize,
+    /// The same two over the agent's life (summed per reconciliation).
+    pub overflowed_peers_total: u64,
+    pub failed_closed_total: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -256,6 +278,7 @@ mod tests {
                 manifests: None,
                 uptime_seconds: 1,
                 counters: vec![],
+                policy: PolicyStatus::default(),
             })
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {

@@ -150,6 +150,21 @@ fn isolated_pod_allowed_connections_accelerated_until_denied() {
 
     // b becomes isolated; a stays allowed: the connection stays accelerated and intact.
     apply(&node, &b, &allow_into_b("a", &[PORT]), true);
+    // One rule entry: b's ingress from a's address on TCP; nothing failed closed.
+    let p = &node.sluicectl_json(&["status"])["policy"];
+    assert_eq!(
+        (p["isolatedEndpoints"].as_u64(), p["ruleEntries"].as_u64()),
+        (Some(1), Some(1)),
+        "{p}"
+    );
+    assert_eq!(
+        (
+            p["overflowedPeers"].as_u64(),
+            p["failedClosedEndpoints"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{p}"
+    );
     let before = Accel::read(&node);
     round(&mut early, 1).expect("allowed connection after b became isolated");
     let d = Accel::read(&node).since(before);

@@ -149,6 +149,18 @@ fn main() -> anyhow::Result<()> {
                 }
             );
             println!("Endpoints:     {}", s.endpoints);
+            let p = &s.policy;
+            println!(
+                "Policy:        revision {}, {} of {} rule entries, {} isolated endpoints",
+                p.revision, p.rule_entries, p.rule_capacity, p.isolated_endpoints
+            );
+            if p.overflowed_peers + p.failed_closed_endpoints > 0 {
+                println!(
+                    "  FAILED CLOSED: {} peers with too many port ranges, {} endpoints whose \
+                     rules did not fit (denied; see the agent's log)",
+                    p.overflowed_peers, p.failed_closed_endpoints
+                );
+            }
             println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
             println!(
                 "Agent uptime:  {}s (version {})",
