@@ -138,6 +138,10 @@ pub struct ServiceFrontend {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one reply per request, serialized at once: its size costs nothing"
+)]
 pub enum Reply {
     Status(Status),
     Endpoints(Vec<Endpoint>),

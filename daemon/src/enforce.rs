@@ -35,6 +35,10 @@ mod capacity;
 use capacity::{fit, policy_key_addr};
 
 type RuleKey = (u32, policy::RuleData);
+/// An inclusive port range, host order.
+type PortSpan = (u16, u16);
+/// One trie entry to be: (protocol, peer prefix) and its coalesced port ranges.
+type TrieEntry = ((u8, Ipv4Network), Vec<PortSpan>);
 
 /// What one [`PolicyMaps::sync`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -140,9 +144,9 @@ fn coalesce(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
 
 /// The trie entries of one endpoint's allows in one direction: ((protocol, peer prefix),
 /// ranges).
-fn entries_for(allows: &[Allow]) -> Vec<((u8, Ipv4Network), Vec<(u16, u16)>)> {
-    // Group the allows by the protocol key they go under.
-    let mut by_proto: BTreeMap<u8, Vec<(&Peer, (u16, u16))>> = BTreeMap::new();
+fn entries_for(allows: &[Allow]) -> Vec<TrieEntry> {
+    // Group the allows by the protocol key they go under: (peer, port range) per protocol.
+    let mut by_proto: BTreeMap<u8, Vec<(&Peer, PortSpan)>> = BTreeMap::new();
     for a in allows {
         let (proto, range) = match a.ports {
             Ports::All => (policy::PROTO_ANY, (0, u16::MAX)),

@@ -15,9 +15,7 @@ use std::{
 
 use aya::maps::{Array, Map, MapData};
 use datapath_common::{endpoint, policy, user};
-use integration::sockcheck::{
-    addr, client, command, server, sockhash_len, start_client, Accel, Cg, Proc,
-};
+use integration::sockcheck::{addr, client, server, sockhash_len, start_client, Accel, Cg, Proc};
 use integration::{Node, NodeOptions, Pod};
 
 /// Bound on the agent applying a policy change (the issue asks for about a second; this only

@@ -203,7 +203,9 @@ mod tests {
         assert!(line.ends_with("met"), "{line}");
         let tc = "policy-rr-1b rate: sluice-nosockmap/sluice-nosockmap-nopolicy = 0.900";
         assert!(find(tc).expect("tc").ends_with("MISSED"));
-        assert!(find("policy-apply p99: sluice 1.20 s").expect("apply").ends_with("MISSED"));
+        assert!(find("policy-apply p99: sluice 1.20 s")
+            .expect("apply")
+            .ends_with("MISSED"));
         let table = r.table();
         let headers: Vec<&str> = table
             .lines()

@@ -1,0 +1,203 @@
+//! The local API (`sluicectl`) answered from the agent's state and the pinned maps.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::{bail, Context as _};
+use datapath_common::user;
+
+use super::Shared;
+use crate::{api, policy, services};
+
+impl api::Handler for Shared {
+    fn status(&self) -> anyhow::Result<api::Status> {
+        let bpffs = &self.settings.bpffs;
+        let loaded = datapath_common::pins::PROGRAMS
+            .iter()
+            .all(|p| user::prog_path(bpffs, p).exists());
+        let endpoints = user::Endpoints::open(bpffs)
+            .and_then(|e| e.list())
+            .map(|l| l.len());
+        let counters = user::read_metrics(bpffs)
+            .map(|c| {
+                c.into_iter()
+                    .map(|(r, p, b)| api::Counter {
+                        reason: r.into(),
+                        packets: p,
+                        bytes: b,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(api::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_name: self.settings.node_name.clone(),
+            datapath_loaded: loaded && endpoints.is_ok(),
+            bpffs: bpffs.display().to_string(),
+            uplink: self.uplink.clone(),
+            node_ip: self.node_ip.to_string(),
+            pod_cidrs: self.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+            masquerade: self.settings.masquerade,
+            sockmap: bpffs
+                .join(datapath_common::pins::LINKS_DIR)
+                .join(datapath_common::pins::LINK_SOCKOPS)
+                .exists(),
+            endpoints: endpoints.unwrap_or(0),
+            adopted_maps: self.adopted_maps,
+            manifests: self
+                .settings
+                .manifests
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            counters,
+            policy: self
+                .policy
+                .lock()
+                .map(|p| api::PolicyStatus {
+                    revision: p.maps.revision(),
+                    rule_entries: p.maps.last.entries,
+                    rule_capacity: p.maps.capacity,
+                    isolated_endpoints: p.maps.last.isolated_endpoints,
+                    overflowed_peers: p.maps.last.overflowed,
+                    failed_closed_endpoints: p.maps.last.failed_closed,
+                    overflowed_peers_total: p.maps.overflowed_total,
+                    failed_closed_total: p.maps.failed_closed_total,
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    fn policy_trace(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+    ) -> anyhow::Result<api::PolicyTrace> {
+        let proto = match protocol.to_ascii_uppercase().as_str() {
+            "TCP" => services::Proto::Tcp,
+            "UDP" => services::Proto::Udp,
+            "SCTP" => services::Proto::Sctp,
+            other => bail!("unknown protocol {other:?} (TCP, UDP or SCTP)"),
+        };
+        let st = self
+            .policy
+            .lock()
+            .map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
+        let resolve = |what: &str| -> anyhow::Result<(IpAddr, Option<policy::PodRef>)> {
+            if let Ok(ip) = what.parse::<IpAddr>() {
+                return Ok((ip, None));
+            }
+            let (ns, name) = what
+                .split_once('/')
+                .with_context(|| format!("{what:?} is neither NAMESPACE/POD nor an address"))?;
+            let pod = policy::PodRef::new(ns, name);
+            let ep = st.set.endpoint(&pod).with_context(|| {
+                format!("pod {what} has no known address (not on this node, or not started)")
+            })?;
+            let addr = *ep.addrs.first().context("pod without address")?;
+            Ok((addr, Some(pod)))
+        };
+        let (src, src_pod) = resolve(from)?;
+        let (dst, dst_pod) = resolve(to)?;
+        let v = policy::verdict(
+            &st.set,
+            &policy::Connection {
+                src,
+                src_pod,
+                dst,
+                dst_pod,
+                proto,
+                port,
+            },
+        );
+        let mut reasons = Vec::new();
+        for side in [&v.egress, &v.ingress].into_iter().flatten() {
+            reasons.push(format!(
+                "{} of {}: {}",
+                side.direction.as_str(),
+                side.pod,
+                side.decision
+            ));
+        }
+        Ok(api::PolicyTrace {
+            from: from.into(),
+            to: to.into(),
+            allowed: v.allowed,
+            reasons,
+        })
+    }
+
+    fn services(&self) -> anyhow::Result<Vec<api::ServiceFrontend>> {
+        let st = self
+            .lb
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lb lock poisoned"))?;
+        Ok(st
+            .frontends
+            .iter()
+            .map(|f| {
+                let id = st.maps.id_of(f).unwrap_or(0);
+                api::ServiceFrontend {
+                    service: format!("{}/{}", f.namespace, f.service),
+                    port_name: f.port_name.clone(),
+                    kind: format!("{:?}", f.kind),
+                    frontend: format!(
+                        "{}:{}/{}",
+                        f.addr,
+                        f.port,
+                        format!("{:?}", f.proto).to_uppercase()
+                    ),
+                    scope: format!("{:?}", f.scope).to_lowercase(),
+                    id,
+                    algorithm: if f.maglev { "maglev" } else { "random" }.into(),
+                    affinity_timeout_seconds: f.affinity_timeout,
+                    snat: f.snat,
+                    backends: f
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let local = if b.local { " (local)" } else { "" };
+                            match b.addr {
+                                IpAddr::V4(a) => format!("{a}:{}{local}", b.port),
+                                IpAddr::V6(a) => format!("[{a}]:{}{local}", b.port),
+                            }
+                        })
+                        .collect(),
+                    translations: if id == 0 { 0 } else { st.maps.counter(id) },
+                }
+            })
+            .collect())
+    }
+
+    fn endpoints(&self) -> anyhow::Result<Vec<api::Endpoint>> {
+        let eps = user::Endpoints::open(&self.settings.bpffs)?.list()?;
+        let cluster = self
+            .cluster
+            .read()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+            .clone();
+        Ok(eps
+            .into_iter()
+            .map(|e| {
+                let labels: BTreeMap<String, String> = cluster
+                    .pod(&e.namespace, &e.name)
+                    .and_then(|p| p.metadata.labels.clone())
+                    .unwrap_or_default();
+                api::Endpoint {
+                    host_veth: nix::net::if_::if_indextoname(e.value.ifindex)
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "?".into()),
+                    namespace: e.namespace,
+                    pod: e.name,
+                    address: e.addr.to_string(),
+                    ifindex: e.value.ifindex,
+                    mac: user::mac_string(e.value.pod_mac),
+                    container_id: e.container_id,
+                    ifname: e.ifname,
+                    labels,
+                }
+            })
+            .collect())
+    }
+}
