@@ -279,6 +279,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
                 };
                 on_cluster_change(&shared, &state);
                 *shared.cluster.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))? = state;
+                // Program what the change implies now rather than at the next tick.
+                tick.reset_immediately();
             }
         }
     }
@@ -288,7 +290,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often pod flags are reconciled with the cluster state (annotations take effect within it).
+/// How often what is derived from cluster state is reconciled (pods appear through CNI ADD,
+/// which does not tell the agent); a cluster state change is reconciled at once.
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 
 /// Pod annotation that turns socket acceleration off for one pod.
