@@ -128,7 +128,9 @@ fn traffic_scenarios(cfg: &Config, traffic: bool, res: &mut Results) -> Result<V
         };
         rounds(cfg.rounds, &systems, rr, |sys| {
             let r0 = sys.redirected_bytes();
+            let busy = Busy::start()?;
             let s = measure::load(sys, l, cfg.timing)?;
+            let others = busy.others(s.client.rusage.total_s() + s.server.rusage.total_s())?;
             let redirected = sys.redirected_bytes().zip(r0).map(|(b, a)| b - a);
             let (c, name) = (&s.client, sys.name());
             let cpu = s.cpu_us_per_req();
@@ -148,7 +150,7 @@ fn traffic_scenarios(cfg: &Config, traffic: bool, res: &mut Results) -> Result<V
             let share = redirected.map_or(0.0, |b| b as f64 * 100.0 / payload);
             Ok(format!(
                 "{} req/s, p50 {} µs, p99 {} µs, cpu {} µs/req, {} errors, sk_msg {share:.0} % \
-                 of payload",
+                 of payload, others' cpu {others:.0} %",
                 num(c.rate),
                 num(c.p50_us),
                 num(c.p99_us),
@@ -162,7 +164,9 @@ fn traffic_scenarios(cfg: &Config, traffic: bool, res: &mut Results) -> Result<V
     if cfg.wants(stream) {
         rounds(cfg.rounds, &systems, stream, |sys| {
             let r0 = sys.redirected_bytes();
+            let busy = Busy::start()?;
             let s = measure::stream(sys, cfg.timing)?;
+            let others = busy.others(s.cpu_s)?;
             let redirected = sys.redirected_bytes().zip(r0).map_or(0, |(b, a)| b - a);
             let name = sys.name();
             let cpu = s.cpu_ms_per_gb();
@@ -175,7 +179,8 @@ fn traffic_scenarios(cfg: &Config, traffic: bool, res: &mut Results) -> Result<V
                 "TC"
             };
             Ok(format!(
-                "{} Gbit/s, cpu {} ms/GB, sk_msg {} GB of {} GB received: payload via {path}",
+                "{} Gbit/s, cpu {} ms/GB, sk_msg {} GB of {} GB received: payload via {path}, \
+                 others' cpu {others:.0} %",
                 num(s.gbit_s),
                 num(cpu),
                 num(redirected as f64 / 1e9),
@@ -199,6 +204,49 @@ fn traffic_scenarios(cfg: &Config, traffic: bool, res: &mut Results) -> Result<V
             )
         })
         .collect())
+}
+
+/// The machine's busy CPU time around a measurement (/proc/stat, every core), to tell how much
+/// of it was other processes': the round lines show it, since a run on a shared machine can
+/// be slowed by others at any time.
+struct Busy {
+    busy: f64,
+    total: f64,
+}
+
+impl Busy {
+    /// (busy, all) CPU seconds so far: user, nice, system, irq, softirq and steal are busy,
+    /// idle and iowait not (USER_HZ ticks, 100 a second).
+    fn read() -> Result<(f64, f64)> {
+        let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if ticks.len() < 8 {
+            return Err(Error::msg("no cpu line in /proc/stat"));
+        }
+        let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
+        Ok((busy / 100.0, ticks.iter().sum::<f64>() / 100.0))
+    }
+
+    fn start() -> Result<Self> {
+        let (busy, total) = Self::read()?;
+        Ok(Self { busy, total })
+    }
+
+    /// The share of the machine's capacity (every core) busy with anything but `ours` CPU
+    /// seconds since [`Busy::start`], in %. Tick-sampled: a hint, within a few %.
+    fn others(&self, ours: f64) -> Result<f64> {
+        let (busy, total) = Self::read()?;
+        let all = (total - self.total).max(0.01);
+        Ok(((busy - self.busy - ours) / all * 100.0).clamp(0.0, 100.0))
+    }
 }
 
 /// `policy-apply` on `node` (`sluice`): the probe pod isolated by one more policy whose rule

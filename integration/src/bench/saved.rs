@@ -201,8 +201,8 @@ pub fn write(cfg: &Config, res: &mut Results, summary: &str) -> Result<()> {
             if !m.picture_whole {
                 svg_name = format!("{}.partial.svg", cfg.stem);
                 eprintln!(
-                    "sluice-bench: the earlier histograms are not known ({} has none): \
-                     {}.svg is left as it was, this run's picture goes to {svg_name}",
+                    "sluice-bench: {} lacks the histograms of some kept scenarios: {}.svg is \
+                     left as it was, this run's picture goes to {svg_name}",
                     path("dists.json").display(),
                     cfg.stem
                 );
