@@ -146,6 +146,41 @@ impl Results {
     }
 }
 
+/// How a merged summary names itself and the earlier runs' summaries it carries.
+const MERGED: &str = "merged (--only) into the earlier";
+const EARLIER: &str = "\n\nearlier:\n";
+
+/// The summaries of the earlier runs in a results Markdown (its `text` block, one run after
+/// each `earlier:`), but those of partial runs whose scenarios were all measured again: their
+/// figures are gone.
+fn earlier_summaries(md: &str, measured: &BTreeSet<String>) -> Vec<String> {
+    let Some(block) = md
+        .split("```text\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+    else {
+        return Vec::new();
+    };
+    block
+        .split(EARLIER)
+        .map(str::trim_end)
+        .filter(|run| {
+            let partial = run
+                .lines()
+                .find_map(|l| {
+                    l.split_once(" measured now ")
+                        .filter(|_| l.starts_with(MERGED))
+                })
+                .map(|(_, rest)| rest.split(';').next().unwrap_or_default());
+            match partial {
+                Some(list) => !list.split_whitespace().all(|s| measured.contains(s)),
+                None => true,
+            }
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// Writes `<stem>.json`, `<stem>.svg`, `<stem>.md` and `<stem>.dists.json` (the histograms
 /// behind the picture), each through a `.tmp` and a rename. A run `--only` some scenarios
 /// first merges the earlier results in ([`super::saved`]): the JSON and the Markdown then hold
@@ -176,27 +211,22 @@ pub fn write(cfg: &Config, res: &mut Results, summary: &str) -> Result<()> {
             Some(v) => Some(dists(&v).context("the earlier distributions")?),
             None => None,
         };
-        let measured: Vec<String> = res.scenarios().into_iter().collect();
+        let measured_set = res.scenarios();
+        let measured: Vec<String> = measured_set.iter().cloned().collect();
         let m = res.merge_earlier(earlier, dists);
         covers = m.covers;
         if !m.kept.is_empty() {
-            // The earlier summaries, as the Markdown had them.
             let earlier_md = std::fs::read_to_string(path("md")).unwrap_or_default();
-            let blocks: Vec<&str> = earlier_md
-                .split("```text\n")
-                .skip(1)
-                .filter_map(|b| b.split("```").next())
-                .collect();
             summary = format!(
-                "{summary}\nmerged (--only) into the earlier {}.json: measured now {}; kept \
-                 from the earlier results {}",
+                "{summary}\n{MERGED} {}.json: measured now {}; kept from the earlier results \
+                 {}",
                 cfg.stem,
                 measured.join(" "),
                 m.kept.join(" ")
             );
-            for b in blocks {
-                summary.push_str("\n\nearlier:\n");
-                summary.push_str(b.trim_end());
+            for run in earlier_summaries(&earlier_md, &measured_set) {
+                summary.push_str(EARLIER);
+                summary.push_str(&run);
             }
             if !m.picture_whole {
                 svg_name = format!("{}.partial.svg", cfg.stem);
@@ -281,6 +311,22 @@ mod tests {
         assert_eq!(out[0]["systems"]["sluice"]["runs"], json!([1.0, 3.0]));
         assert_eq!(out[2]["systems"]["sluice"]["runs"], json!([0.5]));
         assert_eq!(now.dists.len(), 1);
+    }
+
+    /// Test that the earlier summaries kept are the full run's and those of partial runs with
+    /// a scenario not measured again, flat, in order.
+    #[test]
+    fn earlier_summaries_drop_runs_measured_again() {
+        let md = format!(
+            "| table |\n```text\nrun 3\n{MERGED} latest.json: measured now a b; kept from \
+             the earlier results c{EARLIER}run 2\n{MERGED} latest.json: measured now a; kept \
+             c{EARLIER}run 1\n{MERGED} latest.json: measured now a d; kept c{EARLIER}full run\n\
+             ```\n"
+        );
+        let measured = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        let kept = earlier_summaries(&md, &measured);
+        let firsts: Vec<&str> = kept.iter().filter_map(|r| r.lines().next()).collect();
+        assert_eq!(firsts, ["run 1", "full run"]);
     }
 
     /// Test that without the earlier distributions the picture is known not to be whole.
