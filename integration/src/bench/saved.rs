@@ -17,8 +17,45 @@ use super::{
     svg, Context as _, Error, Result,
 };
 
-/// The records of a results JSON (`<stem>.json`).
-pub fn records(v: &Value) -> Result<Vec<Record>> {
+/// The exact value of every number literal in a JSON text, by the bits of the value
+/// serde_json reads for it: its parser (without the `float_roundtrip` feature, which the
+/// workspace does not enable) can be one unit in the last place off, and kept records must
+/// be written back as they were.
+fn exact_numbers(text: &str) -> std::collections::HashMap<u64, f64> {
+    let mut out = std::collections::HashMap::new();
+    let (mut in_string, mut escaped) = (false, false);
+    let mut token = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_ascii_digit() || "-+.eE".contains(c) {
+            token.push(c);
+            continue;
+        }
+        if !token.is_empty() {
+            if let (Ok(approx), Ok(exact)) =
+                (serde_json::from_str::<f64>(&token), token.parse::<f64>())
+            {
+                out.insert(approx.to_bits(), exact);
+            }
+            token.clear();
+        }
+        in_string = c == '"';
+    }
+    out
+}
+
+/// The records of a results JSON (`<stem>.json`), every value exactly as written.
+pub fn records(text: &str) -> Result<Vec<Record>> {
+    let v: Value = serde_json::from_str(text).context("parse the results")?;
+    let exact = exact_numbers(text);
     let list = v
         .as_array()
         .ok_or_else(|| Error::msg("the results are not a list"))?;
@@ -34,9 +71,12 @@ pub fn records(v: &Value) -> Result<Vec<Record>> {
                 .ok_or_else(|| Error::msg(format!("a record without systems: {r}")))?;
             let mut runs = BTreeMap::new();
             for (name, s) in systems {
-                let values: Option<Vec<f64>> = s["runs"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_f64).collect());
+                let values: Option<Vec<f64>> = s["runs"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_f64)
+                        .map(|x| exact.get(&x.to_bits()).copied().unwrap_or(x))
+                        .collect()
+                });
                 match values {
                     Some(v) if !v.is_empty() => runs.insert(name.clone(), v),
                     _ => return Err(Error::msg(format!("{name} has no runs in {r}"))),
@@ -194,21 +234,22 @@ pub fn write(cfg: &Config, res: &mut Results, summary: &str) -> Result<()> {
     let mut covers = res.scenarios();
     let mut svg_name = format!("{}.svg", cfg.stem);
     if !cfg.only.is_empty() {
-        let read = |p: std::path::PathBuf| -> Result<Option<serde_json::Value>> {
-            match std::fs::read(&p) {
-                Ok(b) => serde_json::from_slice(&b)
-                    .map(Some)
-                    .with_context(|| format!("parse {}", p.display())),
+        let read = |p: std::path::PathBuf| -> Result<Option<String>> {
+            match std::fs::read_to_string(&p) {
+                Ok(text) => Ok(Some(text)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
             }
         };
         let earlier = match read(path("json"))? {
-            Some(v) => records(&v).context("the earlier results")?,
+            Some(text) => records(&text).context("the earlier results")?,
             None => Vec::new(),
         };
         let dists = match read(path("dists.json"))? {
-            Some(v) => Some(dists(&v).context("the earlier distributions")?),
+            Some(text) => {
+                let v = serde_json::from_str(&text).context("parse the earlier distributions")?;
+                Some(dists(&v).context("the earlier distributions")?)
+            }
             None => None,
         };
         let measured_set = res.scenarios();
@@ -295,7 +336,7 @@ mod tests {
         let mut now = Results::default();
         now.add("policy-apply", "p99", "s", false, "sluice", 0.5);
         let m = now.merge_earlier(
-            records(&json).expect("records"),
+            records(&json.to_string()).expect("records"),
             Some(dists(&saved).expect("d")),
         );
         assert_eq!(m.kept, ["pod-pod-rr-1b", "cni-add"]);
@@ -311,6 +352,19 @@ mod tests {
         assert_eq!(out[0]["systems"]["sluice"]["runs"], json!([1.0, 3.0]));
         assert_eq!(out[2]["systems"]["sluice"]["runs"], json!([0.5]));
         assert_eq!(now.dists.len(), 1);
+    }
+
+    /// Test that values read back are exactly those written, where serde_json's own parser is
+    /// one unit in the last place off.
+    #[test]
+    fn records_read_back_exactly() {
+        let text = r#"[{"scenario": "s", "metric": "m", "unit": "u", "higher_is_better": true,
+            "systems": {"sluice": {"runs": [26.908188972764606, 9.530982074094915, 1e-3]}}}]"#;
+        let r = records(text).expect("records");
+        assert_eq!(
+            r[0].runs["sluice"],
+            [26.908188972764606, 9.530982074094915, 0.001]
+        );
     }
 
     /// Test that the earlier summaries kept are the full run's and those of partial runs with
@@ -336,7 +390,7 @@ mod tests {
         earlier.add("pod-pod-rr-1b", "rate", "req/s", true, "sluice", 1.0);
         let mut now = Results::default();
         now.add("policy-apply", "p99", "s", false, "sluice", 0.5);
-        let m = now.merge_earlier(records(&earlier.json()).expect("records"), None);
+        let m = now.merge_earlier(records(&earlier.json().to_string()).expect("records"), None);
         assert!(!m.picture_whole);
         assert_eq!(m.covers, BTreeSet::from(["policy-apply".to_string()]));
     }
