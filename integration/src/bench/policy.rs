@@ -401,9 +401,7 @@ fn rss(cfg: &Config, res: &mut Results) -> Result<String> {
         )?;
         let programmed = programmed.max(written.elapsed());
         let prog = last_programmed(&node).unwrap_or_default();
-        if field(&prog, "overflowed").unwrap_or(0) != 0 {
-            return Err(Error::msg(format!("rule entries overflowed: {prog:?}")));
-        }
+        system::nothing_failed_closed(&prog).context("agent-rss-policies")?;
         std::thread::sleep(SETTLE);
         let (mib, peak) = agent_memory(&node)?;
         res.add(scenario, "mib", "MiB", false, "sluice-empty", empty);

@@ -17,8 +17,8 @@
 //! `sluicectl policy trace` reports it (the agent answers a trace from the set it last wrote
 //! to the maps): the client allowed to the server and the outsider refused (policy systems),
 //! or neither side isolated (no-policy systems); and the agent's last `network policy
-//! programmed` log line says no rule entry overflowed. Then real traffic must agree, with the
-//! counters: [`PolicyNode::check_enforcement`].
+//! programmed` log line says no rule entry overflowed and no endpoint failed closed. Then real
+//! traffic must agree, with the counters: [`PolicyNode::check_enforcement`].
 
 use std::{
     ffi::OsStr,
@@ -144,6 +144,20 @@ pub fn field(fields: &[(String, String)], key: &str) -> Option<u64> {
         .iter()
         .find(|(k, _)| k == key)
         .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Fails unless the fields of the agent's last `network policy programmed` line say that no
+/// rule entry overflowed and (where the agent reports it) no endpoint failed closed: a
+/// policy written denied would make the comparison meaningless. A missing `overflowed` fails
+/// too, so a renamed field cannot pass unseen.
+pub fn nothing_failed_closed(prog: &[(String, String)]) -> Result<()> {
+    match (field(prog, "overflowed"), field(prog, "failed_closed")) {
+        (Some(0), None | Some(0)) => Ok(()),
+        _ => Err(Error::msg(format!(
+            "the agent wrote rules denied (overflowed or failed closed), or its log line lacks \
+             the fields: {prog:?}"
+        ))),
+    }
 }
 
 /// Waits until `ready` holds, polling; fails with the agent's log tail after `deadline`.
@@ -291,12 +305,9 @@ impl PolicyNode {
                 && remote.is_some()
                 && self.isolated_now() == Some(isolated))
         })?;
-        let prog = last_programmed(&self.node).unwrap_or_default();
-        if field(&prog, "overflowed").unwrap_or(0) != 0 {
-            return Err(Error::msg(format!(
-                "{}: rule entries overflowed (written denied): {prog:?}",
-                self.name
-            )));
+        if self.policies {
+            let prog = last_programmed(&self.node).unwrap_or_default();
+            nothing_failed_closed(&prog).with_context(|| self.name.to_string())?;
         }
         Ok(took)
     }
