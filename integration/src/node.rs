@@ -533,8 +533,11 @@ impl Drop for Node {
         self.stop_agent(false);
         // Uplink filters go with the namespace; pins (and the sockops link) with the bpffs.
         let _ = nix::mount::umount2(&self.bpffs(), nix::mount::MntFlags::MNT_DETACH);
-        // The cgroup can go once its processes have exited.
-        for _ in 0..50 {
+        // The cgroup can go once its processes have exited: whatever a test left in it is
+        // killed (cgroup v2 `cgroup.kill`, Linux 5.14), and a loaded machine may take a few
+        // seconds to reap them.
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        for _ in 0..250 {
             match std::fs::remove_dir(&self.cgroup) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     std::thread::sleep(Duration::from_millis(20))
