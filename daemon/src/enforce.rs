@@ -173,10 +173,18 @@ fn entries_for(allows: &[Allow]) -> Vec<TrieEntry> {
 }
 
 /// The pods of `state` a policy isolates, by `policy::pod_key`: `ISO_*` bits. Computed from
-/// selectors alone, so pods without an address yet (not started) are covered.
-pub fn pod_isolation(state: &ClusterState) -> BTreeMap<u64, u32> {
+/// selectors alone, so pods without an address yet (not started) are covered. Only pods that
+/// may start on node `node_name` (scheduled there, or not scheduled: standalone manifests
+/// often name no node) count: the CNI plugin of another node never asks.
+pub fn pod_isolation(state: &ClusterState, node_name: &str) -> BTreeMap<u64, u32> {
     let mut out = BTreeMap::new();
-    for pod in state.pods() {
+    let here = |pod: &&k8s_openapi::api::core::v1::Pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_none_or(|n| n.is_empty() || n == node_name)
+    };
+    for pod in state.pods().filter(here) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -271,12 +279,13 @@ impl PolicyMaps {
     }
 
     /// Makes the maps hold `set` for the endpoints at `local` addresses (this node's pods), and
-    /// the not-yet-started pods' isolation from `state`.
+    /// the isolation of pods of node `node_name` not started yet, from `state`.
     pub fn sync(
         &mut self,
         set: &PolicySet,
         state: &ClusterState,
         local: &BTreeSet<IpAddr>,
+        node_name: &str,
     ) -> anyhow::Result<SyncStats> {
         let mut stats = SyncStats::default();
         let mut want: HashMap<RuleKey, policy::RuleValue> = HashMap::new();
@@ -365,7 +374,7 @@ impl PolicyMaps {
                 changed = true;
             }
         }
-        let iso = pod_isolation(state);
+        let iso = pod_isolation(state, node_name);
         for (k, v) in &iso {
             if self.pod_isolation.get(k, 0).ok() != Some(*v) {
                 self.pod_isolation
@@ -486,13 +495,25 @@ mod tests {
     }
 
     /// Test that isolation before a pod has an address follows the API server's defaulting of
-    /// policyTypes: Ingress always, Egress only with at least one egress rule or when named.
+    /// policyTypes: Ingress always, Egress only with at least one egress rule or when named;
+    /// and that it is published for the pods this node may start (scheduled here or not
+    /// scheduled), not for another node's.
     #[test]
     fn pod_isolation_follows_policy_types_defaulting() {
         let docs = "\
 apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {pod: a}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: here, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-a, containers: [{name: c, image: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: there, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-b, containers: [{name: c, image: c}]}
 ---
 apiVersion: v1
 kind: Pod
@@ -527,10 +548,13 @@ spec:
         for o in crate::manifests::parse_bytes(Path::new("t.yaml"), docs.as_bytes()).unwrap() {
             state.apply(o).unwrap();
         }
-        let iso = pod_isolation(&state);
+        let iso = pod_isolation(&state, "node-a");
         let key = |n: &str| policy::pod_key(b"x", n.as_bytes());
         assert_eq!(iso[&key("a")], policy::ISO_INGRESS);
         assert_eq!(iso[&key("b")], policy::ISO_INGRESS | policy::ISO_EGRESS);
         assert_eq!(iso[&key("c")], policy::ISO_EGRESS);
+        assert_eq!(iso[&key("here")], policy::ISO_INGRESS);
+        assert!(!iso.contains_key(&key("there")), "a pod of node-b");
+        assert_eq!(iso.len(), 4);
     }
 }

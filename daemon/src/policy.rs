@@ -257,6 +257,11 @@ pub struct Endpoint {
     pub addrs: Vec<IpAddr>,
     /// The addresses of the node the pod runs on: always allowed, both ways.
     pub node_addrs: Vec<IpAddr>,
+    /// The node it runs on ("" when unknown), and whether that is this node: only this
+    /// node's pods have their policies compiled (a pod of another node is a peer here; its
+    /// own node enforces its rules).
+    pub node: String,
+    pub on_node: bool,
     pub ingress: Rules,
     pub egress: Rules,
 }

@@ -1,6 +1,7 @@
-//! Compilation of every NetworkPolicy in the model onto the endpoints it selects: which
-//! pods are endpoints and at which addresses, what each policy's selectors and peers pick,
-//! and which (peer, ports) pairs that makes per endpoint and direction.
+//! Compilation of every NetworkPolicy in the model onto the endpoints of this node it
+//! selects: which pods are endpoints and at which addresses (every pod with one: the peers),
+//! what each policy's selectors and peers pick, and which (peer, ports) pairs that makes per
+//! endpoint of this node and direction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,6 +25,10 @@ struct PodInfo<'a> {
     pod: &'a Pod,
     labels: BTreeMap<String, String>,
     addrs: Vec<IpAddr>,
+    /// A pod of this node: the policies that select it are compiled onto it. A pod of
+    /// another node is only a peer (its own node enforces its rules), which keeps the work
+    /// and memory of a compilation to this node's pods × the policies, not the cluster's.
+    on_node: bool,
 }
 
 /// Everything compilation reads, indexed once.
@@ -64,7 +69,8 @@ pub(super) fn compile(state: &ClusterState, node: &LocalNode) -> PolicySet {
     let mut pods = Vec::new();
     let mut endpoints = Vec::new();
     for pod in state.pods() {
-        if let Some((info, node_name)) = pod_info(pod, node, &mut problems) {
+        if let Some((mut info, node_name)) = pod_info(pod, node, &mut problems) {
+            info.on_node = node_name == node.node_name;
             endpoints.push(Endpoint {
                 pod: info.key.clone(),
                 addrs: info.addrs.clone(),
@@ -72,6 +78,8 @@ pub(super) fn compile(state: &ClusterState, node: &LocalNode) -> PolicySet {
                     "" => Vec::new(),
                     name => node_addrs.get(name).cloned().unwrap_or_default(),
                 },
+                on_node: info.on_node,
+                node: node_name,
                 ingress: Rules::default(),
                 egress: Rules::default(),
             });
@@ -214,6 +222,7 @@ fn pod_info<'a>(
             pod,
             labels,
             addrs,
+            on_node: false,
         },
         node_name.to_owned(),
     ))
@@ -255,7 +264,7 @@ fn compile_policy(
         .pods
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.key.namespace == namespace)
+        .filter(|(_, p)| p.on_node && p.key.namespace == namespace)
         .filter(|(_, p)| selector_matches(selector, &p.labels).unwrap_or(false))
         .map(|(i, _)| i)
         .collect();

@@ -201,7 +201,8 @@ spec:
 }
 
 /// Test that traffic between a pod and the node it runs on is allowed both ways under
-/// deny-all, by the Node object's addresses and this node's own, and not from another node.
+/// deny-all, by the Node object's addresses and this node's own, and not from another node;
+/// and that a pod of another node is judged there (its own node), not here.
 #[test]
 fn own_node_always_allowed() {
     let state = with(
@@ -246,10 +247,28 @@ status: {podIP: 10.0.1.9}
         let inbound = judge(&set, node_ip, "x/a", TCP80);
         assert_eq!(inbound.ingress.expect("pod").decision, Decision::OwnNode);
         assert!(judge(&set, "x/a", node_ip, UDP81).allowed);
-        assert!(!judge(&set, node_ip, "10.0.1.9", TCP80).allowed);
     }
     assert!(!judge(&set, "192.168.1.20", "x/a", TCP80).allowed);
-    assert!(judge(&set, "192.168.1.20", "10.0.1.9", TCP80).allowed);
+    // x/d runs on node-b: node-a does not enforce its policy...
+    let to_d = judge(&set, "192.168.1.10", "10.0.1.9", TCP80);
+    assert_eq!(
+        to_d.ingress.expect("pod").decision,
+        Decision::OtherNode("node-b".into())
+    );
+    // ...node-b does, and there node-b is its own node and node-a is not.
+    let on_b = compile(
+        &state,
+        &LocalNode {
+            node_name: "node-b",
+            node_ips: &[],
+            local_pods: &local_pods,
+        },
+    );
+    for node_ip in ["192.168.1.10", "192.168.1.11"] {
+        assert!(!judge(&on_b, node_ip, "10.0.1.9", TCP80).allowed);
+    }
+    let from_b = judge(&on_b, "192.168.1.20", "10.0.1.9", TCP80);
+    assert_eq!(from_b.ingress.expect("pod").decision, Decision::OwnNode);
 }
 
 /// Test which pods are endpoints and where: the CNI address first, else status podIPs

@@ -34,6 +34,9 @@ pub enum Decision {
     AllowedBy(Vec<RuleRef>),
     /// These policies isolate the pod and none of their rules allows the connection.
     Denied { isolated_by: Vec<PolicyRef> },
+    /// A pod of another node (named, "" when unknown): its own node enforces its policy;
+    /// this one lets the traffic through.
+    OtherNode(String),
 }
 
 impl Decision {
@@ -52,6 +55,12 @@ impl fmt::Display for Decision {
             Decision::AllowedBy(rules) => write!(f, "allowed by {}", join(rules)),
             Decision::Denied { isolated_by } => {
                 write!(f, "isolated by {}, no rule allows", join(isolated_by))
+            }
+            Decision::OtherNode(node) if node.is_empty() => {
+                f.write_str("a pod of another node: enforced there, not here")
+            }
+            Decision::OtherNode(node) => {
+                write!(f, "a pod of node {node}: enforced there, not here")
             }
         }
     }
@@ -132,6 +141,9 @@ fn decide(
     peer_pod: Option<&PodRef>,
     conn: &Connection,
 ) -> Decision {
+    if !ep.on_node {
+        return Decision::OtherNode(ep.node.clone());
+    }
     let rules = ep.rules(direction);
     if !rules.is_isolated() {
         return Decision::NotIsolated;
