@@ -4,7 +4,8 @@
 //! [`parse_file`] turns one YAML or JSON file into model [`Object`]s; [`ManifestDir`] keeps
 //! the objects of every file of a directory and rescans it for changes; [`watch`] polls a
 //! [`ManifestDir`] on a tokio task and publishes each new [`ClusterState`]. Objects of kinds
-//! the model does not hold are skipped, and `status` is ignored, as manifests carry none.
+//! the model does not hold are skipped; of `status`, only a Pod's addresses, phase and
+//! conditions are kept (how a pod of another node becomes a policy peer or an endpoint).
 //!
 //! [`Object`]: crate::model::Object
 //! [`ClusterState`]: crate::model::ClusterState

@@ -187,7 +187,7 @@ impl Parser<'_> {
                 kind,
             });
         }
-        map.remove("status");
+        keep_status(kind, &mut map);
         let decode_error = |source| ManifestError::Decode {
             path: path.to_owned(),
             position,
@@ -213,6 +213,21 @@ impl Parser<'_> {
             position,
             found,
         }
+    }
+}
+
+/// What of an object's `status` the agent reads: a Pod's addresses (its address as a
+/// NetworkPolicy peer or a Service endpoint when it is not a pod of this node), phase and
+/// conditions (whether it serves), as `kubectl get pods -o yaml` prints them. Everything else,
+/// and every other kind's status, is dropped: it is the cluster's to report, not a manifest's.
+fn keep_status(kind: Kind, map: &mut Map<String, Value>) {
+    const POD_STATUS: [&str; 4] = ["phase", "podIP", "podIPs", "conditions"];
+    match (kind, map.remove("status")) {
+        (Kind::Pod, Some(Value::Object(mut status))) => {
+            status.retain(|k, _| POD_STATUS.contains(&k.as_str()));
+            map.insert("status".into(), Value::Object(status));
+        }
+        _ => {}
     }
 }
 

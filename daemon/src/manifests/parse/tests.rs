@@ -9,7 +9,7 @@ use crate::model::{ClusterState, DEFAULT_NAMESPACE, NAMESPACE_NAME_LABEL};
 
 /// A shop namespace with two pods, a service, its endpoint slice, a network policy (the
 /// example of the Kubernetes docs) and a node, as `kubectl get -o yaml` might leave them,
-/// with comments, an empty document and a status to ignore.
+/// with comments, an empty document and a pod status.
 const CLUSTER_YAML: &str = r#"# Demo cluster for standalone mode.
 ---
 apiVersion: v1
@@ -173,7 +173,8 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Test that a multi-document YAML file yields every object, in order, with status dropped.
+/// Test that a multi-document YAML file yields every object, in order, with a Pod's
+/// addresses and phase kept from its status.
 #[test]
 fn parse_multi_document_yaml() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -195,7 +196,16 @@ fn parse_multi_document_yaml() {
     let state = state_of(objects);
 
     let frontend = state.pod("shop", "frontend-7d4b9c").expect("frontend pod");
-    assert_eq!(frontend.status, None, "status is ignored");
+    let status = frontend.status.as_ref().expect("a pod's status is kept");
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.5"));
+    let ips: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|i| i.ip.as_str())
+        .collect();
+    assert_eq!(ips, ["10.244.1.5"]);
     let spec = frontend.spec.as_ref().expect("pod spec");
     assert_eq!(spec.node_name.as_deref(), Some("node-a"));
     let web = labels(&[("app", "frontend")]);
@@ -465,4 +475,51 @@ fn split_documents_on_markers() {
     let docs = split_documents("# header\n---\na: 1\n");
     assert_eq!(docs.len(), 1);
     assert_eq!(docs[0].first_line, 2);
+}
+
+/// Test that of a status only what the agent reads is kept: a Pod's phase, addresses and
+/// conditions; the rest of a Pod's status (here container statuses with fields the agent
+/// never decodes) and every other kind's status are dropped, whatever they hold.
+#[test]
+fn parse_keeps_only_the_pod_status_the_agent_reads() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: shop}
+spec:
+  nodeName: node-b
+  containers: [{name: api, image: api}]
+status:
+  phase: Running
+  podIP: 10.244.2.7
+  conditions: [{type: Ready, status: "False"}]
+  containerStatuses: [{name: api, ready: "not a boolean", restartCount: many}]
+  hostIP: 192.0.2.3
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {selector: {app: api}, ports: [{port: 80}]}
+status: {loadBalancer: {ingress: "not a list"}}
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(&dir, "status.yaml", text);
+    let state = state_of(parse_file(&path).expect("parse"));
+    let pod = state.pod("shop", "api-1").expect("pod");
+    let st = pod.status.as_ref().expect("status kept");
+    assert_eq!(st.pod_ip.as_deref(), Some("10.244.2.7"));
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+    let ready: Vec<(&str, &str)> = st
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| (c.type_.as_str(), c.status.as_str()))
+        .collect();
+    assert_eq!(ready, [("Ready", "False")]);
+    assert_eq!(st.container_statuses, None);
+    assert_eq!(st.host_ip, None);
+    let svc = state
+        .services()
+        .find(|s| s.metadata.name.as_deref() == Some("api"));
+    assert_eq!(svc.expect("service").status, None);
 }
