@@ -11,13 +11,11 @@
 //! peer pods           the rest of the peer set, in frontend, api, jobs, monitoring, shop
 //! ```
 //! Where the peer pods run depends on the scenario. For the traffic scenarios they are CNI
-//! pods of the node under test (99 of them, 103 pods on the node): the agent's standalone mode
-//! takes a pod's address from the endpoint map only, because its manifest parser drops every
-//! object's `status` (`daemon/src/manifests/parse.rs`), so a Pod manifest of another node,
-//! `status.podIP` and all, is no endpoint and no selector makes it a peer. For
-//! `agent-rss-policies` (998 of them) they are Pods of other nodes (node-2 …, their CIDRs
-//! 10.244.2.0/24 …, as the API server would list them, `status.podIP` included): the agent
-//! holds and matches them, but today does not compile them as peers, for the same reason.
+//! pods of the node under test (99 of them, 103 pods on the node), so the policies' peers are
+//! on the same node as the server. For `agent-rss-policies` (998 of them) they are Pods of
+//! other nodes (node-2 …, their CIDRs 10.244.2.0/24 …, `status.podIP` included, as the API
+//! server would list them): the agent compiles them as peers of its pods' rules, and compiles
+//! nothing onto them (their own nodes do).
 //!
 //! The 1,000 policies are ten kinds in turn (`i % 10`), each kind in variants (`i / 10`): the
 //! server picked by `app`, by `tier`, by `In`, by `Exists` or by the empty selector; peers by

@@ -2,8 +2,7 @@
 //! (`daemon::manifests`, `daemon::policy`), checked against what the API reference says they
 //! mean: who is selected, who is allowed, and that no rule trie entry overflows. The layout
 //! of the traffic scenarios goes through the manifest parser, as the agent reads it; the
-//! remote pods of `agent-rss-policies` are decoded as the API server's objects (with their
-//! status, which the manifest parser drops), to check what the policies mean for them.
+//! remote pods of `agent-rss-policies` go through it too, their `status.podIP` kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -287,20 +286,46 @@ fn no_peer_prefix_needs_more_than_16_ranges() {
     }
 }
 
-/// Test that the manifest parser, as the agent reads `agent-rss-policies`' remote pods,
-/// leaves them without an address (it drops `status`): they are in the state, not peers.
-/// When this fails, the agent takes `status.podIP` from manifests: make the traffic
-/// scenarios' peers remote pods again (see the module documentation).
+/// Test that the remote pods of `agent-rss-policies`, as the agent's manifest parser reads
+/// them (their `status.podIP` kept), are endpoints at those addresses and peers of the
+/// server's rules, with nothing compiled onto them (their own nodes enforce their policies):
+/// the 1,000-pod memory figure is what the agent really holds for them.
 #[test]
-fn manifest_parser_drops_the_remote_pods_status() {
+fn manifest_remote_pods_are_peers_not_subjects() {
     let text = objects(10, Peers::Remote, &[&SERVER, &CLIENT]) + "---\n" + &policies(10, 10);
     let (state, set) = compile_with(&[&text], &[], &local_pods(0));
     assert_eq!(state.pods().count(), 12);
-    assert_eq!(
-        set.endpoints().count(),
-        2,
-        "only the CNI pods are endpoints"
-    );
+    assert_eq!(set.endpoints().count(), 12, "every pod with an address");
+    let remote: Vec<&policy::Endpoint> = set.endpoints().filter(|e| !e.on_node).collect();
+    assert_eq!(remote.len(), 10, "the peer pods run on other nodes");
+    for e in &remote {
+        assert!(
+            !e.ingress.is_isolated() && !e.egress.is_isolated(),
+            "{} has rules compiled here",
+            e.pod
+        );
+    }
+    let server = set
+        .endpoint(&PodRef::new(SERVER.namespace, SERVER.name))
+        .expect("the server is an endpoint");
+    let peers: BTreeSet<IpAddr> = server
+        .ingress
+        .allow
+        .iter()
+        .filter_map(|a| match &a.peer {
+            Peer::Pod { addrs, .. } => Some(addrs.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for e in &remote {
+        assert!(
+            e.addrs.iter().all(|a| peers.contains(a)),
+            "{} ({:?}) is not a peer of the server",
+            e.pod,
+            e.addrs
+        );
+    }
 }
 
 /// Test that the set is varied as the scenario promises: both peer selectors, combined
