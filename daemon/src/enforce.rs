@@ -468,7 +468,7 @@ mod tests {
         ));
         let pod = Peer::Pod {
             pod: ObjectRef::new("y", "b"),
-            addrs: vec!["10.1.2.3".parse().unwrap()],
+            addrs: ["10.1.2.3".parse().unwrap()].into(),
         };
         let out: BTreeMap<(u8, Ipv4Network), Vec<(u16, u16)>> = entries_for(&[
             allow(block, tcp(80, 80)),

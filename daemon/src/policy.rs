@@ -79,21 +79,24 @@ mod verdict;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::ClusterState;
 pub use crate::services::Proto;
 pub use cidr::IpBlock;
 pub use verdict::{verdict, Connection, Decision, SideVerdict, Verdict};
 
-/// A namespaced object by namespace and name, shown as `namespace/name`.
+/// A namespaced object by namespace and name, shown as `namespace/name`. The strings are
+/// shared: a compiled policy set names the same pods and policies in every one of its (peer,
+/// ports) pairs, so a copy must cost a count, not an allocation.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         ObjectRef {
             namespace: namespace.into(),
             name: name.into(),
@@ -156,7 +159,7 @@ pub enum Peer {
     Any,
     /// One pod, at these of its addresses (all of them, except where the entry comes from a
     /// named port resolved on the pods of an `ipBlock`: then those inside the block).
-    Pod { pod: PodRef, addrs: Vec<IpAddr> },
+    Pod { pod: PodRef, addrs: Arc<[IpAddr]> },
     /// The addresses of an `ipBlock`.
     Block(IpBlock),
 }

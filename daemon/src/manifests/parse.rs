@@ -222,12 +222,9 @@ impl Parser<'_> {
 /// and every other kind's status, is dropped: it is the cluster's to report, not a manifest's.
 fn keep_status(kind: Kind, map: &mut Map<String, Value>) {
     const POD_STATUS: [&str; 4] = ["phase", "podIP", "podIPs", "conditions"];
-    match (kind, map.remove("status")) {
-        (Kind::Pod, Some(Value::Object(mut status))) => {
-            status.retain(|k, _| POD_STATUS.contains(&k.as_str()));
-            map.insert("status".into(), Value::Object(status));
-        }
-        _ => {}
+    if let (Kind::Pod, Some(Value::Object(mut status))) = (kind, map.remove("status")) {
+        status.retain(|k, _| POD_STATUS.contains(&k.as_str()));
+        map.insert("status".into(), Value::Object(status));
     }
 }
 

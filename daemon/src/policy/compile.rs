@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
@@ -24,7 +25,8 @@ struct PodInfo<'a> {
     key: PodRef,
     pod: &'a Pod,
     labels: BTreeMap<String, String>,
-    addrs: Vec<IpAddr>,
+    /// Shared by every (peer, ports) pair that names this pod.
+    addrs: Arc<[IpAddr]>,
     /// A pod of this node: the policies that select it are compiled onto it. A pod of
     /// another node is only a peer (its own node enforces its rules), which keeps the work
     /// and memory of a compilation to this node's pods × the policies, not the cluster's.
@@ -73,7 +75,7 @@ pub(super) fn compile(state: &ClusterState, node: &LocalNode) -> PolicySet {
             info.on_node = node_name == node.node_name;
             endpoints.push(Endpoint {
                 pod: info.key.clone(),
-                addrs: info.addrs.clone(),
+                addrs: info.addrs.to_vec(),
                 node_addrs: match node_name.as_str() {
                     "" => Vec::new(),
                     name => node_addrs.get(name).cloned().unwrap_or_default(),
@@ -88,7 +90,7 @@ pub(super) fn compile(state: &ClusterState, node: &LocalNode) -> PolicySet {
     }
     let ns_labels = pods
         .iter()
-        .map(|p| p.key.namespace.clone())
+        .map(|p| p.key.namespace.to_string())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .map(|ns| {
@@ -182,7 +184,7 @@ fn pod_info<'a>(
     let key = PodRef::new(namespace, pod.metadata.name.clone()?);
     let local = node
         .local_pods
-        .get(&(key.namespace.clone(), key.name.clone()));
+        .get(&(key.namespace.to_string(), key.name.to_string()));
     let addrs: Vec<IpAddr> = match local {
         Some(addr) => vec![*addr],
         None => {
@@ -221,7 +223,7 @@ fn pod_info<'a>(
             key,
             pod,
             labels,
-            addrs,
+            addrs: addrs.into(),
             on_node: false,
         },
         node_name.to_owned(),
@@ -264,7 +266,7 @@ fn compile_policy(
         .pods
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.on_node && p.key.namespace == namespace)
+        .filter(|(_, p)| p.on_node && &*p.key.namespace == namespace)
         .filter(|(_, p)| selector_matches(selector, &p.labels).unwrap_or(false))
         .map(|(i, _)| i)
         .collect();
@@ -492,7 +494,7 @@ fn egress_allows(
                     continue;
                 }
                 for p in &cluster.pods {
-                    let addrs: Vec<IpAddr> = match picked {
+                    let addrs: Arc<[IpAddr]> = match picked {
                         Picked::Block(block) => p
                             .addrs
                             .iter()

@@ -56,7 +56,7 @@ fn compiled_endpoint_lists_isolation_and_allows() {
             rule: rule.clone(),
             peer: Peer::Pod {
                 pod: pod_ref(p),
-                addrs: vec![addr_of(p)],
+                addrs: [addr_of(p)].into(),
             },
             ports: Ports::Range {
                 proto: Proto::Tcp,
@@ -312,8 +312,8 @@ spec: {containers: [{name: app, image: nginx:1.27}]}
     );
     let names: Vec<String> = set
         .endpoints()
-        .filter(|e| e.pod.namespace == "x")
-        .map(|e| e.pod.name.clone())
+        .filter(|e| &*e.pod.namespace == "x")
+        .map(|e| e.pod.name.to_string())
         .collect();
     assert_eq!(names, ["a", "b", "c", "dual"]);
     assert_eq!(

@@ -355,11 +355,6 @@ spec:
     check_every(&state, &expected);
     let set = compile_state(&state);
     let x_a = set.endpoint(&pod_ref("x/a")).expect("endpoint");
-    let names: Vec<&str> = x_a
-        .ingress
-        .isolated_by
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
+    let names: Vec<&str> = x_a.ingress.isolated_by.iter().map(|p| &*p.name).collect();
     assert_eq!(names, ["allow-from-c", "allow-from-y", "deny-all"]);
 }

@@ -459,7 +459,7 @@ spec:
             .collect();
         let pod = |p: &str| Peer::Pod {
             pod: pod_ref(p),
-            addrs: vec![addr_of(p)],
+            addrs: [addr_of(p)].into(),
         };
         let tcp = |port| Ports::Range {
             proto: Proto::Tcp,

@@ -313,7 +313,7 @@ fn manifest_remote_pods_are_peers_not_subjects() {
         .allow
         .iter()
         .filter_map(|a| match &a.peer {
-            Peer::Pod { addrs, .. } => Some(addrs.clone()),
+            Peer::Pod { addrs, .. } => Some(addrs.iter().copied()),
             _ => None,
         })
         .flatten()
