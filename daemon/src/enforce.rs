@@ -156,17 +156,35 @@ fn entries_for(allows: &[Allow]) -> Vec<TrieEntry> {
     }
     let mut out = Vec::new();
     for (proto, rules) in by_proto {
-        let prefixes: BTreeSet<Ipv4Network> =
-            rules.iter().flat_map(|(p, _)| peer_prefixes(p)).collect();
+        // A pod peer contains only its own /32s: indexed by address, so each prefix looks at
+        // the pod rules of its address and the wide rules (any peer, ipBlocks), not at every
+        // rule (1,000 policies over 1,000 peer pods are a million rules).
+        let mut by_addr: HashMap<std::net::Ipv4Addr, Vec<PortSpan>> = HashMap::new();
+        let mut wide: Vec<(&Peer, PortSpan)> = Vec::new();
+        let mut prefixes: BTreeSet<Ipv4Network> = BTreeSet::new();
+        for (peer, range) in &rules {
+            prefixes.extend(peer_prefixes(peer));
+            match peer {
+                Peer::Pod { addrs, .. } => {
+                    for a in addrs.iter() {
+                        if let IpAddr::V4(v4) = a {
+                            by_addr.entry(*v4).or_default().push(*range);
+                        }
+                    }
+                }
+                Peer::Any | Peer::Block(_) => wide.push((peer, *range)),
+            }
+        }
         for p in prefixes {
-            let ranges = coalesce(
-                rules
-                    .iter()
-                    .filter(|(peer, _)| peer_contains(peer, &p))
-                    .map(|(_, r)| *r)
-                    .collect(),
-            );
-            out.push(((proto, p), ranges));
+            let mut ranges: Vec<PortSpan> = wide
+                .iter()
+                .filter(|(peer, _)| peer_contains(peer, &p))
+                .map(|(_, r)| *r)
+                .collect();
+            if p.prefix() == 32 {
+                ranges.extend(by_addr.get(&p.network()).into_iter().flatten());
+            }
+            out.push(((proto, p), coalesce(ranges)));
         }
     }
     out
