@@ -178,33 +178,11 @@ impl System for Sluice {
     /// The datapath's non-zero counters (`sluicectl status`): local-pod redirects by the TC
     /// programs, sockets accelerated and bytes redirected by sk_msg.
     fn path_report(&self) -> Option<String> {
-        let v = self.status()?;
-        let counters = v["counters"].as_array()?;
-        let parts: Vec<String> = counters
-            .iter()
-            .filter(|c| c["packets"].as_u64().unwrap_or(0) > 0)
-            .map(|c| {
-                format!(
-                    "{} {} packets/{} bytes",
-                    c["reason"].as_str().unwrap_or("?"),
-                    c["packets"],
-                    c["bytes"]
-                )
-            })
-            .collect();
-        Some(parts.join(", "))
+        path_report(&self.status()?)
     }
 
     fn redirected_bytes(&self) -> Option<u64> {
-        let v = self.status()?;
-        let counters = v["counters"].as_array()?;
-        // A counter that never moved may be absent: none redirected.
-        Some(
-            counters
-                .iter()
-                .find(|c| c["reason"] == "sock:redirected")
-                .map_or(0, |c| c["bytes"].as_u64().unwrap_or(0)),
-        )
+        redirected_bytes(&self.status()?)
     }
 
     fn cni(&self) -> Option<CniPlugin<'_>> {
@@ -417,4 +395,35 @@ impl System for Bridge {
     fn cni(&self) -> Option<CniPlugin<'_>> {
         Some(self.plugin())
     }
+}
+
+/// A Sluice node's non-zero datapath counters from its `sluicectl status -o json`, for the
+/// run's summary.
+pub(super) fn path_report(status: &serde_json::Value) -> Option<String> {
+    let parts: Vec<String> = status["counters"]
+        .as_array()?
+        .iter()
+        .filter(|c| c["packets"].as_u64().unwrap_or(0) > 0)
+        .map(|c| {
+            format!(
+                "{} {} packets/{} bytes",
+                c["reason"].as_str().unwrap_or("?"),
+                c["packets"],
+                c["bytes"]
+            )
+        })
+        .collect();
+    Some(parts.join(", "))
+}
+
+/// The bytes sk_msg redirected, from a `sluicectl status -o json` (a counter that never
+/// moved may be absent: none redirected).
+pub(super) fn redirected_bytes(status: &serde_json::Value) -> Option<u64> {
+    Some(
+        status["counters"]
+            .as_array()?
+            .iter()
+            .find(|c| c["reason"] == "sock:redirected")
+            .map_or(0, |c| c["bytes"].as_u64().unwrap_or(0)),
+    )
 }

@@ -420,31 +420,10 @@ impl System for PolicyNode {
     }
 
     fn path_report(&self) -> Option<String> {
-        let v = self.status()?;
-        let parts: Vec<String> = v["counters"]
-            .as_array()?
-            .iter()
-            .filter(|c| c["packets"].as_u64().unwrap_or(0) > 0)
-            .map(|c| {
-                format!(
-                    "{} {} packets/{} bytes",
-                    c["reason"].as_str().unwrap_or("?"),
-                    c["packets"],
-                    c["bytes"]
-                )
-            })
-            .collect();
-        Some(parts.join(", "))
+        super::super::topo::path_report(&self.status()?)
     }
 
     fn redirected_bytes(&self) -> Option<u64> {
-        let v = self.status()?;
-        Some(
-            v["counters"]
-                .as_array()?
-                .iter()
-                .find(|c| c["reason"] == "sock:redirected")
-                .map_or(0, |c| c["bytes"].as_u64().unwrap_or(0)),
-        )
+        super::super::topo::redirected_bytes(&self.status()?)
     }
 }
