@@ -83,46 +83,21 @@ fn tracked(t: &nat::Tuple, c: &policy::Conn, rev: u32, node: [u8; 4]) -> Option<
     Some(e.denied)
 }
 
-/// Whether the established TCP socket `local:lport` → `remote:rport` (ports network order;
-/// `lflags`/`rflags` the ends' endpoint flags) may be accelerated as far as policy goes: no
-/// end is isolated, or its connection is tracked (the TC programs recorded its SYN) and
-/// allowed under the current revision. An untracked connection of an isolated pod stays on
-/// the packet path, where it is judged.
+/// Whether the established TCP socket from `local` to `remote` may be accelerated as far as
+/// policy goes: no end is isolated, or its connection is tracked (the TC programs recorded
+/// its SYN) and allowed under the current revision. An untracked connection of an isolated
+/// pod stays on the packet path, where it is judged.
 #[inline(always)]
-pub fn socket_allowed(
-    local: [u8; 4],
-    lport: u16,
-    remote: [u8; 4],
-    rport: u16,
-    lflags: u32,
-    rflags: u32,
-) -> bool {
-    if !policy::any_isolated(lflags, rflags) {
+pub fn socket_allowed(local: policy::SockEnd, remote: policy::SockEnd) -> bool {
+    if !policy::any_isolated(local.flags, remote.flags) {
         return true;
     }
     let rev = POLICY_REVISION.get(0).copied().unwrap_or(0);
     let node = CONFIG.get(0).map(|c| c.node_ip4).unwrap_or([0; 4]);
-    let out = policy::Conn {
-        saddr: local,
-        daddr: remote,
-        proto: IPPROTO_TCP,
-        dport: u16::from_be(rport),
-        sflags: lflags,
-        dflags: rflags,
-    };
-    let fwd = nat::Tuple::v4(IPPROTO_TCP, local, remote, lport, rport);
+    let [(fwd, out), (back, inward)] = policy::socket_directions(local, remote);
     if let Some(denied) = tracked(&fwd, &out, rev, node) {
         return denied == 0;
     }
-    let inward = policy::Conn {
-        saddr: remote,
-        daddr: local,
-        proto: IPPROTO_TCP,
-        dport: u16::from_be(lport),
-        sflags: rflags,
-        dflags: lflags,
-    };
-    let back = nat::Tuple::v4(IPPROTO_TCP, remote, local, rport, lport);
     tracked(&back, &inward, rev, node) == Some(0)
 }
 

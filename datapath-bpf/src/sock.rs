@@ -51,7 +51,8 @@ fn accelerate(local: [u8; 4], lport: u16, remote: [u8; 4], rport: u16) -> bool {
     let (Some(lflags), Some(rflags)) = (taking_part(local), taking_part(remote)) else {
         return false;
     };
-    policy::socket_allowed(local, lport.to_be(), remote, rport.to_be(), lflags, rflags)
+    let end = |addr, port, flags| datapath_common::policy::SockEnd { addr, port, flags };
+    policy::socket_allowed(end(local, lport, lflags), end(remote, rport, rflags))
 }
 
 #[sock_ops]

@@ -138,6 +138,38 @@ pub struct Conn {
     pub dflags: u32,
 }
 
+/// One end of a TCP socket: its IPv4 address (network order), port (host order) and
+/// endpoint flags (0 when it is not a local pod).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockEnd {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub flags: u32,
+}
+
+/// The two directions a TCP connection between `local` and `remote` may have been opened in,
+/// from `local` first: each the connection tracker's key it is recorded under (ports network
+/// order, as the TC programs record a SYN) and the connection [`judge`] is asked about. One
+/// function for the sockops program and the agent, which find an accelerated socket's
+/// connection from its two ends.
+#[inline(always)]
+pub fn socket_directions(local: SockEnd, remote: SockEnd) -> [(crate::nat::Tuple, Conn); 2] {
+    const TCP: u8 = 6;
+    let opened = |s: SockEnd, d: SockEnd| {
+        let t = crate::nat::Tuple::v4(TCP, s.addr, d.addr, s.port.to_be(), d.port.to_be());
+        let c = Conn {
+            saddr: s.addr,
+            daddr: d.addr,
+            proto: TCP,
+            dport: d.port,
+            sflags: s.flags,
+            dflags: d.flags,
+        };
+        (t, c)
+    };
+    [opened(local, remote), opened(remote, local)]
+}
+
 /// Whether `subject`'s rules in `dir` allow `peer` on `proto`/`port`: its protocol's entry or
 /// the any-protocol entry. `allows(data, port)` is the trie lookup of the full /32 key of
 /// `data` and [`RuleValue::allows`] on what it finds (false when nothing matches): the map
@@ -361,6 +393,54 @@ mod tests {
         assert_eq!(
             judge(&other, NODE, &none),
             Some(crate::metrics::DROP_POLICY_INGRESS)
+        );
+    }
+
+    /// Test that a socket's two ends give the tracker keys the TC programs record for a SYN
+    /// in each direction (ports in network order) and the connections judged, opened from
+    /// the local end first, each with its destination port and both ends' flags.
+    #[test]
+    fn socket_directions_match_the_tracked_syn() {
+        let local = SockEnd {
+            addr: A,
+            port: 40000,
+            flags: EGR,
+        };
+        let remote = SockEnd {
+            addr: B,
+            port: 80,
+            flags: ING,
+        };
+        let [(t_out, c_out), (t_in, c_in)] = socket_directions(local, remote);
+        assert_eq!(
+            t_out,
+            crate::nat::Tuple::v4(6, A, B, 40000u16.to_be(), 80u16.to_be())
+        );
+        assert_eq!(
+            t_in,
+            crate::nat::Tuple::v4(6, B, A, 80u16.to_be(), 40000u16.to_be())
+        );
+        assert_eq!(
+            c_out,
+            Conn {
+                saddr: A,
+                daddr: B,
+                proto: 6,
+                dport: 80,
+                sflags: EGR,
+                dflags: ING
+            }
+        );
+        assert_eq!(
+            c_in,
+            Conn {
+                saddr: B,
+                daddr: A,
+                proto: 6,
+                dport: 40000,
+                sflags: ING,
+                dflags: EGR
+            }
         );
     }
 

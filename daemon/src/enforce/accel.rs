@@ -24,6 +24,7 @@ impl PolicyMaps {
     pub fn recheck_accelerated(&self, node: std::net::Ipv4Addr) -> anyhow::Result<usize> {
         use aya::maps::SockHash;
         use datapath_common::{nat::Tuple, sock::SockKey};
+
         let Ok(md) =
             MapData::from_pin(user::map_path(&self.bpffs, datapath_common::sock::MAP_NAME))
         else {
@@ -50,7 +51,6 @@ impl PolicyMaps {
             let key = Key::new(policy::fixed_bits() + 32, *d);
             self.rules.get(&key, 0).is_ok_and(|v| v.allows(port))
         };
-        let tcp = 6;
         let mut taken = 0;
         for k in keys {
             if k.family != datapath_common::addr::FAMILY_V4 || k.netns != 0 {
@@ -64,41 +64,12 @@ impl PolicyMaps {
             if !policy::any_isolated(lflags, rflags) {
                 continue;
             }
-            let out = policy::Conn {
-                saddr: local,
-                daddr: remote,
-                proto: tcp,
-                dport: rport,
-                sflags: lflags,
-                dflags: rflags,
-            };
-            let inward = policy::Conn {
-                saddr: remote,
-                daddr: local,
-                proto: tcp,
-                dport: lport,
-                sflags: rflags,
-                dflags: lflags,
-            };
-            let opened = if ct
-                .get(
-                    &Tuple::v4(tcp, local, remote, lport.to_be(), rport.to_be()),
-                    0,
-                )
-                .is_ok()
-            {
-                Some(out)
-            } else if ct
-                .get(
-                    &Tuple::v4(tcp, remote, local, rport.to_be(), lport.to_be()),
-                    0,
-                )
-                .is_ok()
-            {
-                Some(inward)
-            } else {
-                None
-            };
+            let end = |addr, port, flags| policy::SockEnd { addr, port, flags };
+            let opened =
+                policy::socket_directions(end(local, lport, lflags), end(remote, rport, rflags))
+                    .into_iter()
+                    .find(|(tracked, _)| ct.get(tracked, 0).is_ok())
+                    .map(|(_, c)| c);
             let allowed =
                 opened.is_some_and(|c| policy::judge(&c, node.octets(), &allows).is_none());
             if !allowed {
