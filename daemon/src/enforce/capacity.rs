@@ -12,40 +12,51 @@ use datapath_common::{addr::IpKey, policy, user};
 use super::{PolicyMaps, RuleKey};
 
 /// The subject of a rule key for an address (IPv4 only: IPv6 is not enforced yet).
-pub(super) fn policy_key_addr(a: &IpAddr) -> Option<IpKey> {
+pub(super) fn policy_key_addr(a: &IpAddr) -> Option<[u8; 16]> {
     match a {
-        IpAddr::V4(v4) => Some(IpKey::v4(v4.octets())),
+        IpAddr::V4(v4) => Some(IpKey::v4(v4.octets()).addr),
         IpAddr::V6(_) => None,
     }
 }
 
+/// The subjects to take out so that `held` entries come down to `capacity`, when taking out a
+/// subject saves its count: the largest counts first (they are the ones that need so much),
+/// ties by address; none when `held` already fits.
+fn largest_until_fits(
+    counts: BTreeMap<[u8; 16], usize>,
+    mut held: usize,
+    capacity: usize,
+) -> Vec<[u8; 16]> {
+    let mut order: Vec<([u8; 16], usize)> = counts.into_iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut out = Vec::new();
+    for (subject, n) in order {
+        if held <= capacity {
+            break;
+        }
+        held -= n;
+        out.push(subject);
+    }
+    out
+}
+
 /// Leaves out of `want` every entry of the subjects that must go so the rest fits in
-/// `capacity` entries: those with the most entries first (they are the ones that need so
-/// many), ties by address. Returns the subjects left out; with no entry, an isolated direction
-/// of theirs denies everything but their node (fail closed, never open).
-pub(super) fn fit(want: &mut HashMap<RuleKey, policy::RuleValue>, capacity: usize) -> Vec<IpKey> {
+/// `capacity` entries (see [`largest_until_fits`]). Returns the subjects left out (their
+/// addresses); with no entry, an isolated direction of theirs denies everything but their
+/// node (fail closed, never open).
+pub(super) fn fit(
+    want: &mut HashMap<RuleKey, policy::RuleValue>,
+    capacity: usize,
+) -> Vec<[u8; 16]> {
     if want.len() <= capacity {
         return Vec::new();
     }
-    let mut per_subject: BTreeMap<[u8; 16], (IpKey, usize)> = BTreeMap::new();
+    let mut per_subject: BTreeMap<[u8; 16], usize> = BTreeMap::new();
     for (_, data) in want.keys() {
-        per_subject
-            .entry(data.subject.addr)
-            .or_insert((data.subject, 0))
-            .1 += 1;
+        *per_subject.entry(data.subject.addr).or_default() += 1;
     }
-    let mut order: Vec<(IpKey, usize)> = per_subject.into_values().collect();
-    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.addr.cmp(&b.0.addr)));
-    let mut total = want.len();
-    let mut out = Vec::new();
-    for (subject, n) in order {
-        if total <= capacity {
-            break;
-        }
-        total -= n;
-        out.push(subject);
-    }
-    want.retain(|(_, d), _| !out.iter().any(|s| s.addr == d.subject.addr));
+    let out = largest_until_fits(per_subject, want.len(), capacity);
+    want.retain(|(_, d), _| !out.contains(&d.subject.addr));
     out
 }
 
@@ -69,18 +80,7 @@ fn subjects_to_clear(
     for k in programmed.keys().filter(|k| !want.contains_key(k)) {
         *freed.entry(k.1.subject.addr).or_default() += 1;
     }
-    let mut order: Vec<([u8; 16], usize)> = freed.into_iter().collect();
-    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut held = programmed.len() + new;
-    let mut out = Vec::new();
-    for (subject, n) in order {
-        if held <= capacity {
-            break;
-        }
-        held -= n;
-        out.push(subject);
-    }
-    out
+    largest_until_fits(freed, programmed.len() + new, capacity)
 }
 
 /// The programmed entries of `subjects`, in the order that only ever denies more: shortest
@@ -175,12 +175,15 @@ mod tests {
         assert_eq!(want, all);
 
         let mut want = all.clone();
-        assert_eq!(fit(&mut want, 6), vec![IpKey::v4(A)]);
+        assert_eq!(fit(&mut want, 6), vec![IpKey::v4(A).addr]);
         assert_eq!(want.len(), 5);
         assert_eq!(subjects(&want), vec![IpKey::v4(B).addr, IpKey::v4(C).addr]);
 
         let mut want = all.clone();
-        assert_eq!(fit(&mut want, 4), vec![IpKey::v4(A), IpKey::v4(B)]);
+        assert_eq!(
+            fit(&mut want, 4),
+            vec![IpKey::v4(A).addr, IpKey::v4(B).addr]
+        );
         assert_eq!(subjects(&want), vec![IpKey::v4(C).addr]);
 
         let mut want = all;
