@@ -73,6 +73,38 @@ pub enum Peers {
     Loopback,
 }
 
+/// Which CPUs the two ends of a measurement may run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cpus {
+    /// Wherever the scheduler puts them.
+    Any,
+    /// Client and server both on one CPU (the last this harness may use), as netperf `-T`
+    /// pins TCP_RR: each round trip is then the CPU work of the path, not the cost of waking
+    /// the other end on another CPU (which in a VM is an inter-processor interrupt through
+    /// the hypervisor and can outweigh the path itself).
+    OneCore,
+}
+
+impl Cpus {
+    /// `--cpu N` for `sluice-load`, if pinned.
+    fn args(self) -> Result<Vec<String>> {
+        match self {
+            Self::Any => Ok(Vec::new()),
+            Self::OneCore => Ok(vec!["--cpu".into(), last_cpu()?.to_string()]),
+        }
+    }
+}
+
+/// The highest-numbered CPU this process may run on.
+fn last_cpu() -> Result<usize> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .context("read the harness's CPU affinity")?;
+    (0..nix::sched::CpuSet::count())
+        .rev()
+        .find(|&c| set.is_set(c).unwrap_or(false))
+        .ok_or_else(|| Error::msg("the harness may run on no CPU"))
+}
+
 /// What a `sluice-load` run does.
 #[derive(Clone, Copy, Debug)]
 pub struct Load {
@@ -82,6 +114,7 @@ pub struct Load {
     /// Connections at once, each with one transaction in flight.
     pub connections: usize,
     pub peers: Peers,
+    pub cpus: Cpus,
 }
 
 /// Runs `sluice-load` as `l` says, the client and server as `l.peers` places them.
@@ -95,6 +128,7 @@ pub fn load(sys: &dyn System, l: Load, t: Timing) -> Result<LoadSample> {
     let load_bin = crate::bin("sluice-load");
     // A worker per connection (a worker serves one connection until it closes).
     let workers = l.connections.max(4).to_string();
+    let pin = l.cpus.args()?;
     let mut server = Guarded::spawn(
         sys.pod_command(pods.server, load_bin.as_os_str())
             .args([
@@ -105,7 +139,8 @@ pub fn load(sys: &dyn System, l: Load, t: Timing) -> Result<LoadSample> {
                 &workers,
                 "--max-seconds",
             ])
-            .arg(format!("{:.0}", t.bound().as_secs_f64() + 10.0)),
+            .arg(format!("{:.0}", t.bound().as_secs_f64() + 10.0))
+            .args(&pin),
         "sluice-load server",
     )?;
     server.wait_for_line(|l| l == "ready")?;
@@ -119,7 +154,8 @@ pub fn load(sys: &dyn System, l: Load, t: Timing) -> Result<LoadSample> {
             .args([mode_arg, "--to", &to, "--size", &l.size.to_string()])
             .args(["--connections", &l.connections.to_string()])
             .args(["--seconds", &t.seconds.to_string()])
-            .args(["--warmup", &t.warmup.to_string()]),
+            .args(["--warmup", &t.warmup.to_string()])
+            .args(&pin),
         t.bound(),
         "sluice-load client",
     )?;

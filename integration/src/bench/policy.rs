@@ -35,7 +35,7 @@ use super::{
     check_interrupted,
     hist::Histogram,
     load::Mode,
-    measure::{self, Guarded, Load, Peers, LOAD_PORT},
+    measure::{self, Cpus, Guarded, Load, Peers, LOAD_PORT},
     report::{num, Results},
     run::{pct, rounds, Config},
     topo::System,
@@ -125,6 +125,7 @@ fn traffic_scenarios(cfg: &Config, traffic: bool, res: &mut Results) -> Result<V
             size: 1,
             connections: 1,
             peers: Peers::PodToPod,
+            cpus: Cpus::Any,
         };
         rounds(cfg.rounds, &systems, rr, |sys| {
             let r0 = sys.redirected_bytes();

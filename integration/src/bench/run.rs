@@ -11,7 +11,7 @@ use std::{path::PathBuf, time::Instant};
 use super::{
     check_interrupted, cni,
     load::Mode,
-    measure::{self, Load, Peers, Timing},
+    measure::{self, Cpus, Load, Peers, Timing},
     policy,
     report::{num, Results},
     svc,
@@ -19,7 +19,7 @@ use super::{
     Context as _, Error, Result,
 };
 
-pub const SCENARIOS: [&str; 22] = [
+pub const SCENARIOS: [&str; 24] = [
     "pod-pod-rr-1b",
     "pod-pod-rr-1k",
     "pod-pod-crr",
@@ -29,6 +29,8 @@ pub const SCENARIOS: [&str; 22] = [
     "sockmap-rr-1b-64conn",
     "sockmap-rr-1k-64conn",
     "sockmap-loopback-rr-1b",
+    "sockmap-rr-1b-1conn-unpinned",
+    "sockmap-loopback-rr-1b-unpinned",
     "sockmap-stream",
     "cni-add",
     "cni-del",
@@ -56,28 +58,31 @@ struct LoadScenario {
     title: &'static str,
 }
 
-const fn rr(size: usize, connections: usize, peers: Peers) -> Load {
+const fn rr(size: usize, connections: usize, peers: Peers, cpus: Cpus) -> Load {
     Load {
         mode: Mode::Rr,
         size,
         connections,
         peers,
+        cpus,
     }
 }
 
-/// Pod to pod on the four systems; the first two are also socket acceleration scenarios.
+/// Pod to pod on the four systems; the first two are also socket acceleration scenarios. The
+/// one-connection round trips run client and server on one core ([`Cpus::OneCore`], as
+/// netperf TCP_RR with `-T`); the same unpinned are in [`SOCKMAP`].
 const POD_POD: [LoadScenario; 3] = [
     LoadScenario {
         name: "pod-pod-rr-1b",
         alias: Some("sockmap-rr-1b-1conn"),
-        load: rr(1, 1, Peers::PodToPod),
+        load: rr(1, 1, Peers::PodToPod, Cpus::OneCore),
         sluice_only: false,
         title: "request/response latency, 1 B",
     },
     LoadScenario {
         name: "pod-pod-rr-1k",
         alias: Some("sockmap-rr-1k-1conn"),
-        load: rr(1024, 1, Peers::PodToPod),
+        load: rr(1024, 1, Peers::PodToPod, Cpus::OneCore),
         sluice_only: false,
         title: "request/response latency, 1 KiB",
     },
@@ -89,34 +94,50 @@ const POD_POD: [LoadScenario; 3] = [
             size: 1,
             connections: 1,
             peers: Peers::PodToPod,
+            cpus: Cpus::Any,
         },
         sluice_only: false,
         title: "connect time",
     },
 ];
 
-/// Socket acceleration on and off, on the two Sluice systems only.
-const SOCKMAP: [LoadScenario; 3] = [
+/// Socket acceleration on and off, on the two Sluice systems only. The 64-connection runs keep
+/// both CPUs busy and are not pinned; the one-connection ones are measured both ways.
+const SOCKMAP: [LoadScenario; 5] = [
     LoadScenario {
         name: "sockmap-rr-1b-64conn",
         alias: None,
-        load: rr(1, 64, Peers::PodToPod),
+        load: rr(1, 64, Peers::PodToPod, Cpus::Any),
         sluice_only: true,
         title: "request/response latency, 1 B, 64 connections",
     },
     LoadScenario {
         name: "sockmap-rr-1k-64conn",
         alias: None,
-        load: rr(1024, 64, Peers::PodToPod),
+        load: rr(1024, 64, Peers::PodToPod, Cpus::Any),
         sluice_only: true,
         title: "request/response latency, 1 KiB, 64 connections",
     },
     LoadScenario {
         name: "sockmap-loopback-rr-1b",
         alias: None,
-        load: rr(1, 1, Peers::Loopback),
+        load: rr(1, 1, Peers::Loopback, Cpus::OneCore),
         sluice_only: true,
         title: "in-pod loopback (127.0.0.1) latency, 1 B",
+    },
+    LoadScenario {
+        name: "sockmap-rr-1b-1conn-unpinned",
+        alias: None,
+        load: rr(1, 1, Peers::PodToPod, Cpus::Any),
+        sluice_only: true,
+        title: "request/response latency, 1 B, client and server on any CPU",
+    },
+    LoadScenario {
+        name: "sockmap-loopback-rr-1b-unpinned",
+        alias: None,
+        load: rr(1, 1, Peers::Loopback, Cpus::Any),
+        sluice_only: true,
+        title: "in-pod loopback (127.0.0.1) latency, 1 B, client and server on any CPU",
     },
 ];
 
@@ -152,8 +173,8 @@ pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S
   --seconds S    measured seconds per traffic run (default 5)
   --only LIST    comma-separated scenarios among: pod-pod-rr-1b pod-pod-rr-1k pod-pod-crr
                  pod-pod-stream sockmap-rr-1b-1conn sockmap-rr-1k-1conn sockmap-rr-1b-64conn
-                 sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-stream cni-add cni-del
-                 cni-add-parallel-100 svc-crr-10 svc-crr-1000 svc-crr-10000 svc-rr-10000
+                 sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-rr-1b-1conn-unpinned
+                 sockmap-loopback-rr-1b-unpinned sockmap-stream cni-add cni-del cni-add-parallel-100 svc-crr-10 svc-crr-1000 svc-crr-10000 svc-rr-10000
                  svc-program-10000 policy-rr-1b policy-stream policy-apply agent-rss-policies;
                  the records measured replace those of the same scenarios in the existing
                  results, the others are kept

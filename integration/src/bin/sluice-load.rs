@@ -1,15 +1,17 @@
 //! `sluice-load`: the benchmark's load generator (logic in `integration::bench::load`).
 //!
 //! ```text
-//! sluice-load server --listen IP:PORT [--workers 4] [--max-seconds 600]
+//! sluice-load server --listen IP:PORT [--workers 4] [--max-seconds 600] [--cpu N]
 //! sluice-load rr|crr --to IP:PORT [--size 1] [--seconds 5] [--warmup 0.5] [--timeout-ms 2000]
-//!                    [--connections 1] [--spread 1]
+//!                    [--connections 1] [--spread 1] [--cpu N]
 //! ```
 //! The server prints `ready`, echoes until its stdin closes, then prints its report; a client
 //! runs for a fixed time and prints its report (JSON, with its own getrusage) on stdout. A
 //! server serves at most `--workers` connections at once, so give it at least a client's
 //! `--connections`. `--spread N` sends each new connection to one of N consecutive IPv4
 //! addresses from `--to`'s (same port), chosen uniformly at random: one of N Services.
+//! `--cpu N` runs the process (all its threads) on CPU N only, before it opens any socket:
+//! a client and a server given the same CPU measure "on one core", as netperf's `-T`.
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -18,9 +20,10 @@ use integration::bench::{
     Context as _, Error, Result,
 };
 
-const USAGE: &str = "usage: sluice-load server --listen IP:PORT [--workers N] [--max-seconds S]
+const USAGE: &str =
+    "usage: sluice-load server --listen IP:PORT [--workers N] [--max-seconds S] [--cpu N]
        sluice-load rr|crr --to IP:PORT [--size BYTES] [--seconds S] [--warmup S] [--timeout-ms MS]
-                          [--connections N] [--spread N]";
+                          [--connections N] [--spread N] [--cpu N]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -49,6 +52,19 @@ impl Flags {
             v.push((k.clone(), val.clone()));
         }
         Ok(Self(v))
+    }
+
+    /// `--cpu N`, if given: pins this process (the threads it starts inherit it) to CPU N.
+    fn pin(&self) -> Result<()> {
+        if !self.0.iter().any(|(k, _)| k == "--cpu") {
+            return Ok(());
+        }
+        let cpu: usize = self.get("--cpu", None)?;
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu)
+            .map_err(|_| Error::msg(format!("--cpu {cpu}: past the largest CPU number")))?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .map_err(|e| Error::msg(format!("--cpu {cpu}: {e} (is CPU {cpu} online?)")))
     }
 
     fn get<T: std::str::FromStr>(&self, k: &str, default: Option<T>) -> Result<T> {
@@ -95,7 +111,8 @@ fn run(args: Vec<String>) -> Result<()> {
         .ok_or_else(|| Error::msg("no mode given"))?;
     let json = match mode.as_str() {
         "server" => {
-            let f = Flags::parse(rest, &["--listen", "--workers", "--max-seconds"])?;
+            let f = Flags::parse(rest, &["--listen", "--workers", "--max-seconds", "--cpu"])?;
+            f.pin()?;
             let o = ServerOpts {
                 listen: f.get::<SocketAddr>("--listen", None)?,
                 workers: f
@@ -117,8 +134,10 @@ fn run(args: Vec<String>) -> Result<()> {
                     "--timeout-ms",
                     "--connections",
                     "--spread",
+                    "--cpu",
                 ],
             )?;
+            f.pin()?;
             let size: usize = f.get("--size", Some(1))?;
             if !(1..=load::MAX_SIZE).contains(&size) {
                 return Err(Error::msg(format!(
