@@ -224,11 +224,25 @@ fn stalled_reader_holds_back_writer() {
 /// client sent, then its reply (sent after the half-close) arrives whole and ends in EOF, pod
 /// to pod and on loopback, for empty, tiny and large payloads — read after the shutdown, or by
 /// a thread already blocked in `read` while the request goes out (a proxy's two pumps) and the
-/// server takes 100 ms to answer; the replies are redirected.
+/// server takes 100 ms to answer; the replies are redirected. Both ends use blocking reads.
 #[test]
 #[ignore = "known kernel bug: tcp_bpf_recvmsg returns EAGAIN to a blocking read woken without \
-            psock data (here by the peer's FIN) instead of waiting again; open in issue 6"]
+            psock data (here by a FIN, or by its own socket's shutdown) instead of waiting \
+            again; the event-loop variant below passes"]
 fn half_close_reply_arrives_to_eof() {
+    half_close_cases(false);
+}
+
+/// Test the same half-close cases with both ends reading as event loops do (nginx, Envoy,
+/// Go's runtime): `poll()` until readable, then read, back to `poll()` on EAGAIN. Every byte
+/// and the EOF arrive on the accelerated path, the replies redirected.
+#[test]
+fn half_close_reply_arrives_to_eof_for_event_loops() {
+    half_close_cases(true);
+}
+
+/// The half-close cases of the two tests above, with blocking or polled reads.
+fn half_close_cases(polled: bool) {
     let (node, pods) = node_with_pods(NodeOptions::default(), &["a", "b"]);
     let (a, b) = (&pods[0], &pods[1]);
     let targets = [
@@ -254,6 +268,7 @@ fn half_close_reply_arrives_to_eof() {
     ];
     let before = Accel::read(&node);
     let mut replies = 0;
+    let mut spurious = 0;
     for (_, to) in &targets {
         for (send, recv, early) in cases {
             let (send, recv) = (send.to_string(), recv.to_string());
@@ -261,15 +276,22 @@ fn half_close_reply_arrives_to_eof() {
             if early {
                 args.extend(["--early-reader", "true", "--think-ms", "100"]);
             }
-            client(&node, &a.ns, Cg::In, &args);
+            if polled {
+                args.extend(["--poll-reads", "true"]);
+            }
+            let r = client(&node, &a.ns, Cg::In, &args);
+            assert_eq!(num(&r, "connections"), 1, "{to} {send}/{recv}: {r}");
+            spurious += num(&r, "spurious_eagain");
             replies += recv.parse::<u64>().unwrap() + 1;
         }
     }
     for (srv, _) in targets {
-        assert_eq!(num(&srv.report(), "connections"), cases.len() as u64);
+        let s = srv.report();
+        assert_eq!(num(&s, "connections"), cases.len() as u64);
+        spurious += num(&s, "spurious_eagain");
     }
     let d = Accel::read(&node).since(before);
-    println!("counters: {d:?}, reply bytes {replies}");
+    println!("counters: {d:?}, reply bytes {replies}, EAGAIN after poll said readable: {spurious}");
     assert_eq!(d.sockets, 2 * 2 * cases.len() as u64);
     assert!(
         d.bytes >= replies,

@@ -9,7 +9,7 @@
 //!                       [--bind IP:PORT] [--seed N]
 //! sluice-sockcheck stream|duplex --to IP:PORT --bytes N [--window 16777216] [--seed N]
 //! sluice-sockcheck halfclose --to IP:PORT --send BYTES --recv BYTES [--think-ms 0]
-//!                            [--early-reader false] [--seed N]
+//!                            [--early-reader false] [--poll-reads false] [--seed N]
 //! sluice-sockcheck stall --to IP:PORT --cap BYTES
 //! sluice-sockcheck peek --to IP:PORT --recv BYTES [--seed N]
 //! sluice-sockcheck hold --to IP:PORT [--conns 1] [--msgs 8] [--max-size 65536] [--seed N]
@@ -24,7 +24,9 @@
 //!   cannot pile the transfer up in kernel memory. A status byte ends it; the client closes.
 //! - `halfclose`: the client sends everything and shuts down its write side; only then (and
 //!   after `--think-ms`) does the server reply, and the client reads the reply to EOF — after
-//!   the shutdown, or with `--early-reader` on a thread already waiting for it.
+//!   the shutdown, or with `--early-reader` on a thread already waiting for it. With
+//!   `--poll-reads` both ends read as an event loop does (nginx, Envoy, Go's runtime): wait
+//!   in `poll()` until the socket is readable, then read, and go back to waiting on `EAGAIN`.
 //! - `stall`: the server reads nothing until a line arrives on its stdin; the client writes
 //!   without blocking until EAGAIN (or `--cap`) and prints `queued N`; when its stdin closes
 //!   it closes the connection, and the server then reads and checks everything.
@@ -60,6 +62,8 @@ const MODE_STREAM: u8 = b'T';
 const MODE_DUPLEX: u8 = b'D';
 const MODE_STALL: u8 = b'S';
 const MODE_HALFCLOSE: u8 = b'H';
+/// `halfclose` with `--poll-reads`: the server reads that connection through `poll()` too.
+const MODE_HALFCLOSE_POLLED: u8 = b'h';
 const MODE_PEEK: u8 = b'P';
 const STATUS_OK: u8 = b'K';
 const STATUS_BAD: u8 = b'X';
@@ -75,6 +79,15 @@ const SEED_UP: u64 = 0x5eed_0001;
 const SEED_DOWN: u64 = 0x5eed_0002;
 /// Timeout of every socket operation (`--io-timeout-ms`; 0 makes plain blocking sockets).
 static IO_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+/// `EAGAIN`s a polled read got from a socket `poll()` had just called readable, in this
+/// process (the wake-ups an event loop absorbs; see [`read_some`]).
+static SPURIOUS_EAGAIN: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Whether this thread's reads wait in `poll()` first (`--poll-reads`).
+    static POLL_READS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How many error messages a report keeps (all are counted).
 const KEEP_ERRORS: usize = 10;
 
@@ -455,13 +468,49 @@ fn timeouts(s: &TcpStream) -> Res<()> {
         .map_err(io_err("set socket timeouts"))
 }
 
+/// Waits until `s` is readable (data, EOF or an error), at most the I/O timeout.
+fn wait_readable(s: &TcpStream) -> io::Result<()> {
+    let ms = io_timeout().map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
+    let mut fd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match unsafe { libc::poll(&mut fd, 1, ms) } {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("not readable within {ms} ms"),
+                ))
+            }
+            n if n > 0 => return Ok(()),
+            _ => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => continue,
+                e => return Err(e),
+            },
+        }
+    }
+}
+
 /// `read` on a blocking socket. EAGAIN there means the timeout expired; the error says how long
-/// the call actually waited, so an EAGAIN long before the timeout shows as what it is.
+/// the call actually waited, so an EAGAIN long before the timeout shows as what it is. A
+/// thread with [`POLL_READS`] waits in `poll()` before each read and, as an event loop would,
+/// goes back to waiting when the read says EAGAIN anyway (counted in [`SPURIOUS_EAGAIN`]).
 fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let start = Instant::now();
+    let polled = POLL_READS.with(|p| p.get());
     loop {
+        if polled {
+            wait_readable(s)?;
+        }
         match s.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if polled && e.kind() == io::ErrorKind::WouldBlock => {
+                SPURIOUS_EAGAIN.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::Error::new(
                     e.kind(),
@@ -589,7 +638,8 @@ fn server(f: &Flags) -> Res<Value> {
     if left > 0 {
         stats.error(format!("{left} connections still open at exit"));
     }
-    Ok(stats.report(json!({})))
+    let spurious = SPURIOUS_EAGAIN.load(Ordering::Relaxed);
+    Ok(stats.report(json!({ "spurious_eagain": spurious })))
 }
 
 fn serve_one(mut s: TcpStream, n: u64, stats: &Stats, released: impl FnOnce()) -> Res<()> {
@@ -604,8 +654,9 @@ fn serve_one(mut s: TcpStream, n: u64, stats: &Stats, released: impl FnOnce()) -
     let mut rng = Rng::new(a ^ n.rotate_left(32));
     match h[4] {
         MODE_ECHO => serve_echo(&mut s, a, stats, &mut rng),
-        MODE_HALFCLOSE => {
+        MODE_HALFCLOSE | MODE_HALFCLOSE_POLLED => {
             // The request ends with the client's FIN; then `c` ms of "work", the reply, close.
+            POLL_READS.with(|p| p.set(h[4] == MODE_HALFCLOSE_POLLED));
             let (up, down) = (Pattern::new(SEED_UP), Pattern::new(SEED_DOWN));
             let received =
                 recv_pattern(&mut s, &up, b, &mut rng, None).and_then(|()| expect_eof(&mut s));
@@ -978,15 +1029,22 @@ fn half_close(f: &Flags) -> Res<Value> {
     let recv: u64 = f.get("--recv", None)?;
     let think_ms: u64 = f.get("--think-ms", Some(0))?;
     let early: bool = f.get("--early-reader", Some(false))?;
+    let polled: bool = f.get("--poll-reads", Some(false))?;
     let seed = f.seed()?;
     let mut rng = Rng::new(seed);
     let stats = Stats::default();
     let mut s = connect(to, None)?;
-    s.write_all(&hello(MODE_HALFCLOSE, recv, send, think_ms))
+    let mode = if polled {
+        MODE_HALFCLOSE_POLLED
+    } else {
+        MODE_HALFCLOSE
+    };
+    s.write_all(&hello(mode, recv, send, think_ms))
         .map_err(io_err("write hello"))?;
     let mut r = s.try_clone().map_err(io_err("clone socket"))?;
     let mut rrng = Rng::new(rng.next());
     let reader = move || -> Res<()> {
+        POLL_READS.with(|p| p.set(polled));
         recv_pattern(&mut r, &Pattern::new(SEED_DOWN), recv, &mut rrng, None)
             .map_err(|e| format!("receiving the reply: {e}"))?;
         let mut st = [0u8; 1];
@@ -1024,7 +1082,8 @@ fn half_close(f: &Flags) -> Res<Value> {
         }
         Err(e) => stats.error(e),
     }
-    Ok(stats.report(json!({ "seed": seed })))
+    let spurious = SPURIOUS_EAGAIN.load(Ordering::Relaxed);
+    Ok(stats.report(json!({ "seed": seed, "spurious_eagain": spurious })))
 }
 
 /// Writes without blocking to a server that does not read (until released) and reports how
