@@ -46,6 +46,8 @@ pub struct Settings {
     /// Choose Service backends by Maglev consistent hashing unless a Service's
     /// `sluice.dev/lb-algorithm` annotation says otherwise (default: random).
     pub maglev: bool,
+    /// `--external-ips`: the ranges whose Service external IPs are honoured (empty: none).
+    pub external_ips: Vec<IpNetwork>,
 }
 
 struct Shared {
@@ -231,6 +233,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         lb: Mutex::new(LbState {
             maps: svc_maps,
             frontends: Vec::new(),
+            conflicts: Vec::new(),
             seen: Seen::default(),
             cfg,
         }),

@@ -22,8 +22,9 @@
 //! - Load-balancer ingress entries with `ipMode: Proxy` get no frontend: the load balancer
 //!   rewrites the destination to a node address itself (kube-proxy skips them too).
 //! - Two services claiming the same (address, port, protocol, scope) — say the same external
-//!   IP and port — cannot both be programmed: the first in (namespace, service, kind) order
-//!   is kept and the conflict is logged.
+//!   IP and port — cannot both be programmed: the older one keeps it, and no frontend may sit
+//!   on a pod's address or shadow a ClusterIP or node address (`services/claims.rs`). Every
+//!   refusal is a [`Conflict`].
 //! - A headless Service (`clusterIP: None`) gets no frontend at all, not even on external
 //!   IPs, as kube-proxy skips it. One with no cluster IP (standalone manifests, where no API
 //!   server allocates one) still gets its NodePort, external and load-balancer frontends.
@@ -37,19 +38,25 @@
 //!   with `restartPolicy: Always`), as the endpoints controller's `FindPort` does.
 //! - Malformed values are logged once per [`frontends`] call and left out; nothing panics.
 
+mod claims;
 mod endpoints;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_claims;
 #[cfg(test)]
 mod tests_endpoints;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use tracing::warn;
 
 use crate::model::{ClusterState, DEFAULT_NAMESPACE};
+use claims::{Age, Reserved};
+pub use claims::{Conflict, ConflictKind};
 use endpoints::{Candidate, ServiceEndpoints};
 
 /// Per-Service annotation choosing the load-balancing algorithm: `random` or `maglev`
@@ -163,44 +170,95 @@ pub struct NodeInfo<'a> {
     pub local_pods: &'a BTreeMap<(String, String), IpAddr>,
     /// The agent flag `--lb-algorithm=maglev`.
     pub default_maglev: bool,
+    /// This node's pod CIDRs (the agent's); other nodes' come from their Node objects.
+    pub pod_cidrs: &'a [IpNetwork],
+    /// The agent flag `--external-ips`: only external IPs inside these are honoured.
+    pub external_ips: &'a [IpNetwork],
+    /// The frontends of the last compilation: who held a frontend before, the last tie-break
+    /// between Services of the same age.
+    pub previous: &'a [Frontend],
+}
+
+/// What [`compile`] produces: the frontends and what was refused.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    /// Sorted by (addr, port, proto, scope), one frontend per key.
+    pub frontends: Vec<Frontend>,
+    /// Sorted, each once.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The frontends of every Service in `state`, as seen from `node` (see [`compile`]).
+pub fn frontends(state: &ClusterState, node: &NodeInfo) -> Vec<Frontend> {
+    compile(state, node).frontends
 }
 
 /// The frontends of every Service in `state`, as seen from `node`, sorted by
-/// (addr, port, proto, scope) with one frontend per key.
-pub fn frontends(state: &ClusterState, node: &NodeInfo) -> Vec<Frontend> {
+/// (addr, port, proto, scope) with one frontend per key, and the frontends refused.
+pub fn compile(state: &ClusterState, node: &NodeInfo) -> Compiled {
     let mut warnings = Warnings::default();
+    let reserved = Reserved::new(state, node);
+    let mut conflicts = BTreeSet::new();
     let mut out = Vec::new();
+    let mut ages: BTreeMap<(String, String), Age> = BTreeMap::new();
     for svc in state.services() {
-        service_frontends(state, node, svc, &mut warnings, &mut out);
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        ages.insert((ns, name), claims::age(svc));
+        let mut ctx = Compilation {
+            warnings: &mut warnings,
+            reserved: &reserved,
+            conflicts: &mut conflicts,
+        };
+        service_frontends(state, node, svc, &mut ctx, &mut out);
     }
-    out.sort_by(|a, b| {
-        (a.key(), &a.namespace, &a.service, a.kind, &a.port_name).cmp(&(
-            b.key(),
-            &b.namespace,
-            &b.service,
-            b.kind,
-            &b.port_name,
-        ))
-    });
+    let held: BTreeMap<FrontendKey, (&str, &str)> = node
+        .previous
+        .iter()
+        .map(|f| (f.key(), (f.namespace.as_str(), f.service.as_str())))
+        .collect();
+    // Per key, the owner first: the oldest Service, then the one that held it, then by name.
+    let owner_order = |f: &Frontend| {
+        let id = (f.namespace.clone(), f.service.clone());
+        let age = ages.get(&id).copied();
+        let held_before = held.get(&f.key()) == Some(&(f.namespace.as_str(), f.service.as_str()));
+        (f.key(), age, !held_before, id, f.kind, f.port_name.clone())
+    };
+    out.sort_by_cached_key(owner_order);
     out.dedup_by(|later, kept| {
         if later.key() != kept.key() {
             return false;
         }
-        if later != kept {
-            warnings.add(
-                format!("{}/{}", later.namespace, later.service),
-                "frontend",
-                format!("{} {}/{}", later.addr, later.port, later.proto.as_str()),
-                format!(
-                    "address already taken by service {}/{}, ignored",
-                    kept.namespace, kept.service
-                ),
-            );
+        if (&later.namespace, &later.service) != (&kept.namespace, &kept.service) {
+            conflicts.insert(Conflict {
+                kind: ConflictKind::Taken,
+                object: format!("{}/{}", later.namespace, later.service),
+                address: format!("{}:{}/{}", later.addr, later.port, later.proto.as_str()),
+                holder: format!("Service {}/{} (older)", kept.namespace, kept.service),
+            });
         }
         true
     });
     warnings.emit();
-    out
+    Compiled {
+        frontends: out,
+        conflicts: conflicts.into_iter().collect(),
+    }
+}
+
+/// What one compilation accumulates while it walks the Services.
+struct Compilation<'c, 'r> {
+    warnings: &'c mut Warnings,
+    reserved: &'c Reserved<'r>,
+    conflicts: &'c mut BTreeSet<Conflict>,
+}
+
+/// The ClusterIPs a spec lists: `clusterIPs`, else `clusterIP` (may hold `None` or `""`).
+fn cluster_ip_strings(spec: &ServiceSpec) -> Vec<&str> {
+    match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    }
 }
 
 /// The frontends added or changed from `old` to `new` (in `new`'s order), and those removed
@@ -279,9 +337,10 @@ fn service_frontends(
     state: &ClusterState,
     node: &NodeInfo,
     svc: &Service,
-    warnings: &mut Warnings,
+    ctx: &mut Compilation,
     out: &mut Vec<Frontend>,
 ) {
+    let warnings = &mut *ctx.warnings;
     let namespace = svc
         .metadata
         .namespace
@@ -295,10 +354,7 @@ fn service_frontends(
         return;
     };
     let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
-    let cluster_ips: Vec<&str> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => spec.cluster_ip.as_deref().into_iter().collect(),
-    };
+    let cluster_ips = cluster_ip_strings(spec);
     // Headless and ExternalName services are not proxied (kube-proxy's ShouldSkipService),
     // whatever else they list.
     if type_ == "ExternalName" || cluster_ips.contains(&"None") {
@@ -404,6 +460,15 @@ fn service_frontends(
                 .map(|&addr| (FrontendKind::LoadBalancer, addr, service_port)),
         );
         for (kind, addr, listen) in listeners {
+            if let Some((why, holder)) = ctx.reserved.refuse(kind, addr) {
+                ctx.conflicts.insert(Conflict {
+                    kind: why,
+                    object: object.clone(),
+                    address: addr.to_string(),
+                    holder,
+                });
+                continue;
+            }
             // A ClusterIP is reachable from inside the cluster only.
             let scopes: &[Scope] = match kind {
                 FrontendKind::ClusterIp => &[Scope::Internal],

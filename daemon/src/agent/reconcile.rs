@@ -76,6 +76,8 @@ pub(super) struct PolicyState {
 pub(super) struct LbState {
     pub(super) maps: lb::ServiceMaps,
     pub(super) frontends: Vec<services::Frontend>,
+    /// What the last compilation refused (each logged when it first appeared).
+    pub(super) conflicts: Vec<services::Conflict>,
     pub(super) seen: Seen,
     pub(super) cfg: config::NodeConfig,
 }
@@ -151,15 +153,32 @@ fn sync_services(shared: &Shared, inputs: &Inputs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let node_ips = [IpAddr::V4(shared.node_ip)];
-    let want = services::frontends(
+    let compiled = services::compile(
         cluster,
         &services::NodeInfo {
             node_name: &shared.settings.node_name,
             node_ips: &node_ips,
             local_pods: pods,
             default_maglev: shared.settings.maglev,
+            pod_cidrs: &shared.pod_cidrs,
+            external_ips: &shared.settings.external_ips,
+            previous: &st.frontends,
         },
     );
+    for c in compiled
+        .conflicts
+        .iter()
+        .filter(|c| !st.conflicts.contains(c))
+    {
+        tracing::warn!(
+            reason = c.kind.as_str(),
+            object = %c.object,
+            address = %c.address,
+            holder = %c.holder,
+            "service frontend refused: {c}"
+        );
+    }
+    let want = compiled.frontends;
     let stats = st.maps.sync(&want, 0)?;
     let on = !st.maps.is_empty();
     if on != (st.cfg.flags & config::FLAG_SERVICES != 0) {
@@ -182,6 +201,7 @@ fn sync_services(shared: &Shared, inputs: &Inputs) -> anyhow::Result<()> {
         );
     }
     st.frontends = want;
+    st.conflicts = compiled.conflicts;
     st.seen.record(inputs);
     Ok(())
 }

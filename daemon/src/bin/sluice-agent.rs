@@ -66,6 +66,16 @@ struct Args {
     /// override it with the annotation `sluice.dev/lb-algorithm`.
     #[arg(long, value_enum, default_value = "random")]
     lb_algorithm: LbAlgorithm,
+    /// Honour Service `spec.externalIPs` only inside these ranges (comma-separated CIDRs,
+    /// e.g. `198.51.100.0/24`; `0.0.0.0/0,::/0` honours all, as kube-proxy does). Default:
+    /// none. Anyone who may create a Service can list any address in externalIPs and take
+    /// the traffic of every pod to it (CVE-2020-8554); Kubernetes leaves the fix to the
+    /// DenyServiceExternalIPs admission plugin, which is off by default, so Sluice refuses
+    /// them unless the operator names the ranges it owns (each refusal is logged and counted
+    /// in `sluicectl status`). Whatever this says, an external IP never shadows a ClusterIP,
+    /// a node address or a pod address.
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',')]
+    external_ips: Vec<IpNetwork>,
     /// Do not masquerade pod traffic leaving for the outside.
     #[arg(long)]
     no_masquerade: bool,
@@ -157,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         masquerade: !args.no_masquerade,
         sockmap: args.sockmap,
         maglev: args.lb_algorithm == LbAlgorithm::Maglev,
+        external_ips: args.external_ips,
         mtu: args.mtu,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -25,6 +25,7 @@ pub(super) fn state(yaml: &str) -> ClusterState {
                 Object::EndpointSlice(serde_json::from_value(value).expect("EndpointSlice"))
             }
             "Pod" => Object::Pod(serde_json::from_value(value).expect("Pod")),
+            "Node" => Object::Node(serde_json::from_value(value).expect("Node")),
             other => panic!("unexpected kind {other:?}"),
         };
         state.apply(obj).expect("apply");
@@ -37,6 +38,8 @@ pub(super) struct TestNode {
     pub(super) ips: Vec<IpAddr>,
     pub(super) local_pods: BTreeMap<(String, String), IpAddr>,
     pub(super) maglev: bool,
+    pub(super) pod_cidrs: Vec<ipnetwork::IpNetwork>,
+    pub(super) external_ips: Vec<ipnetwork::IpNetwork>,
 }
 
 impl TestNode {
@@ -46,7 +49,19 @@ impl TestNode {
             ips: vec![ip("192.168.1.10")],
             local_pods: BTreeMap::new(),
             maglev: false,
+            pod_cidrs: Vec::new(),
+            external_ips: vec![cidr("0.0.0.0/0"), cidr("::/0")],
         }
+    }
+
+    pub(super) fn pod_cidrs(mut self, cidrs: &[&str]) -> Self {
+        self.pod_cidrs = cidrs.iter().map(|s| cidr(s)).collect();
+        self
+    }
+
+    pub(super) fn external_ips(mut self, cidrs: &[&str]) -> Self {
+        self.external_ips = cidrs.iter().map(|s| cidr(s)).collect();
+        self
     }
 
     pub(super) fn ips(mut self, ips: &[&str]) -> Self {
@@ -61,16 +76,28 @@ impl TestNode {
     }
 
     pub(super) fn compile(&self, state: &ClusterState) -> Vec<Frontend> {
-        frontends(
+        self.compile_after(state, &[]).frontends
+    }
+
+    /// The compilation that follows one that produced `previous`.
+    pub(super) fn compile_after(&self, state: &ClusterState, previous: &[Frontend]) -> Compiled {
+        compile(
             state,
             &NodeInfo {
                 node_name: NODE,
                 node_ips: &self.ips,
                 local_pods: &self.local_pods,
                 default_maglev: self.maglev,
+                pod_cidrs: &self.pod_cidrs,
+                external_ips: &self.external_ips,
+                previous,
             },
         )
     }
+}
+
+pub(super) fn cidr(s: &str) -> ipnetwork::IpNetwork {
+    s.parse().expect("test CIDR")
 }
 
 pub(super) fn ip(s: &str) -> IpAddr {
@@ -454,32 +481,6 @@ endpoints: [{addresses: ['fd00:244::5']}]
             (ip("10.96.0.40"), 80, vec!["10.244.1.5".to_owned()]),
             (ip("fd00:96::40"), 80, vec!["fd00:244::5".to_owned()]),
         ]
-    );
-}
-
-/// Test that two services claiming the same address, port, protocol and scope yield one
-/// frontend, the first by namespace and name.
-#[test]
-fn conflicting_frontends_keep_first() {
-    let mut state = web_two_nodes("  externalIPs: [203.0.113.5]");
-    let other = serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "aaa", "namespace": "shop"},
-        "spec": {"clusterIP": "10.96.0.50", "externalIPs": ["203.0.113.5"],
-            "ports": [{"port": 80}]},
-    });
-    state
-        .apply(Object::Service(serde_json::from_value(other).expect("svc")))
-        .expect("apply");
-    let fs = TestNode::new().compile(&state);
-    let on_external: Vec<_> = fs
-        .iter()
-        .filter(|f| f.addr == ip("203.0.113.5"))
-        .map(|f| (f.service.as_str(), f.scope))
-        .collect();
-    assert_eq!(
-        on_external,
-        [("aaa", Scope::Internal), ("aaa", Scope::External)]
     );
 }
 
