@@ -15,12 +15,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use datapath_common::{config, metrics, nat, svc};
+use datapath_common::{addr::IpKey, config, metrics, nat, svc};
 
 use crate::{
     l4::{l4_of, rewrite, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4},
     lb,
-    maps::{CONFIG, REV_SNAT, SNAT},
+    maps::{CONFIG, ENDPOINTS, REV_SNAT, SNAT},
     reset::reset_to_pod,
     skb::{
         count, deliver_or_stack, drop, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP,
@@ -47,7 +47,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     let ip = unsafe { *ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(TC_ACT_UNSPEC)? };
     let cfg = CONFIG.get(0).ok_or(TC_ACT_UNSPEC)?;
     if cfg.flags & config::FLAG_MASQUERADE == 0
-        || !cfg.in_pod_cidr4(ip.saddr)
+        || !is_pod_source(cfg, ip.saddr)
         || cfg.in_pod_cidr4(ip.daddr)
     {
         // The node's own traffic, or not ours to translate.
@@ -92,6 +92,15 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     .map_err(|_| drop(ctx, metrics::DROP_REWRITE_FAILED))?;
     count(metrics::FWD_SNAT, ctx.len());
     Ok(TC_ACT_UNSPEC)
+}
+
+/// Whether `saddr` is a pod of this node: in the pod CIDR, or a local endpoint left from an
+/// earlier pod CIDR (the agent restarted with another `--pod-cidr`, or the Node's podCIDR
+/// changed), which keeps reaching the outside until it is deleted. The endpoint lookup is
+/// paid only by sources outside the CIDR (the node's own traffic).
+#[inline(always)]
+fn is_pod_source(cfg: &config::NodeConfig, saddr: [u8; 4]) -> bool {
+    cfg.in_pod_cidr4(saddr) || unsafe { ENDPOINTS.get(IpKey::v4(saddr)) }.is_some()
 }
 
 /// Whether the flow still owns `port` towards its destination: its reply entry is there and
