@@ -60,6 +60,8 @@ struct Shared {
     cluster: RwLock<Arc<ClusterState>>,
     lb: Mutex<LbState>,
     policy: Mutex<PolicyState>,
+    /// Local pods whose address is outside `pod_cidrs` (`ns/name address`).
+    outside_cidr: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The pod CIDRs: from the flag, else from this node's Node object in the manifests.
@@ -230,6 +232,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             seen: Seen::default(),
             recheck: false,
         }),
+        outside_cidr: Mutex::default(),
         lb: Mutex::new(LbState {
             maps: svc_maps,
             frontends: Vec::new(),

@@ -76,6 +76,30 @@ pub struct Status {
     /// NetworkPolicy as programmed by the last reconciliation.
     #[serde(default)]
     pub policy: PolicyStatus,
+    /// Service frontends as compiled by the last reconciliation, and what was refused.
+    #[serde(default)]
+    pub services: ServicesStatus,
+    /// Pods of this node whose address is outside the current pod CIDRs (`ns/name address`),
+    /// left from an earlier pod CIDR: they keep working until they are deleted.
+    #[serde(default)]
+    pub pods_outside_pod_cidr: Vec<String>,
+}
+
+/// Service frontends, and the frontends refused because an object may not hold them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesStatus {
+    pub frontends: usize,
+    /// Taken by an older Service (same address, port, protocol).
+    pub taken: usize,
+    /// External or load-balancer IPs on a ClusterIP or a node address.
+    pub shadowing: usize,
+    /// Frontends inside a pod CIDR or on a pod's address.
+    pub pod_address: usize,
+    /// External IPs outside `--external-ips`.
+    pub external_ip_not_allowed: usize,
+    /// One line per refusal, naming both objects.
+    pub conflicts: Vec<String>,
 }
 
 /// What the NetworkPolicy maps hold, and what did not fit (each failed closed).
@@ -283,6 +307,8 @@ mod tests {
                 uptime_seconds: 1,
                 counters: vec![],
                 policy: PolicyStatus::default(),
+                services: ServicesStatus::default(),
+                pods_outside_pod_cidr: Vec::new(),
             })
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {

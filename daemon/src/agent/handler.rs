@@ -64,6 +64,30 @@ impl api::Handler for Shared {
                     failed_closed_total: p.maps.failed_closed_total,
                 })
                 .unwrap_or_default(),
+            services: self
+                .lb
+                .lock()
+                .map(|lb| {
+                    let count = |k: services::ConflictKind| {
+                        lb.conflicts.iter().filter(|c| c.kind == k).count()
+                    };
+                    api::ServicesStatus {
+                        frontends: lb.frontends.len(),
+                        taken: count(services::ConflictKind::Taken),
+                        shadowing: count(services::ConflictKind::Shadowing),
+                        pod_address: count(services::ConflictKind::PodAddress),
+                        external_ip_not_allowed: count(
+                            services::ConflictKind::ExternalIpNotAllowed,
+                        ),
+                        conflicts: lb.conflicts.iter().map(ToString::to_string).collect(),
+                    }
+                })
+                .unwrap_or_default(),
+            pods_outside_pod_cidr: self
+                .outside_cidr
+                .lock()
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
         })
     }
 

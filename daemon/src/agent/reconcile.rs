@@ -134,10 +134,39 @@ pub(super) fn sync_derived(shared: &Shared) -> Vec<anyhow::Error> {
         Ok(i) => i,
         Err(e) => return vec![e],
     };
+    check_pod_cidr(shared, &inputs);
     [sync_services(shared, &inputs), sync_policy(shared, &inputs)]
         .into_iter()
         .filter_map(Result::err)
         .collect()
+}
+
+/// Records the local pods whose address is outside the current pod CIDRs (the CIDR changed
+/// since they were made: `--pod-cidr` or the Node's podCIDR), with a warning naming each one
+/// when it is first seen. The datapath keeps serving them (masquerade follows the endpoint
+/// map, not the CIDR) and IPAM hands out only the new CIDR; they go when they are deleted.
+fn check_pod_cidr(shared: &Shared, inputs: &Inputs) {
+    let outside: std::collections::BTreeSet<String> = inputs
+        .pods
+        .iter()
+        .filter(|(_, ip)| !shared.pod_cidrs.iter().any(|c| c.contains(**ip)))
+        .map(|((ns, name), ip)| format!("{ns}/{name} {ip}"))
+        .collect();
+    let Ok(mut seen) = shared.outside_cidr.lock() else {
+        return;
+    };
+    let new: Vec<&String> = outside.difference(&seen).collect();
+    if !new.is_empty() {
+        let cidrs: Vec<String> = shared.pod_cidrs.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            pods = ?new,
+            pod_cidrs = %cidrs.join(","),
+            "pods hold addresses outside the pod CIDR (it changed since they were created): \
+             they keep their addresses and reach pods and the outside until deleted; \
+             recreate them to move them into the new CIDR"
+        );
+    }
+    *seen = outside;
 }
 
 /// Recomputes the service frontends when the cluster state or the local pods changed, and

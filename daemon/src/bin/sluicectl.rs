@@ -161,6 +161,22 @@ fn main() -> anyhow::Result<()> {
                     p.overflowed_peers, p.failed_closed_endpoints
                 );
             }
+            let v = &s.services;
+            println!(
+                "Services:      {} frontends; refused: {} taken by an older service, {} \
+                 shadowing a ClusterIP or node, {} on pod addresses, {} external IPs not \
+                 allowed (--external-ips)",
+                v.frontends, v.taken, v.shadowing, v.pod_address, v.external_ip_not_allowed
+            );
+            for c in &v.conflicts {
+                println!("  {c}");
+            }
+            if !s.pods_outside_pod_cidr.is_empty() {
+                println!(
+                    "Pods outside the pod CIDR (kept until deleted): {}",
+                    s.pods_outside_pod_cidr.join(", ")
+                );
+            }
             println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
             println!(
                 "Agent uptime:  {}s (version {})",
