@@ -223,6 +223,11 @@ impl Node {
         n
     }
 
+    /// The options the next [`Node::start_agent`] uses (e.g. another pod CIDR on restart).
+    pub fn options_mut(&mut self) -> &mut NodeOptions {
+        &mut self.opts
+    }
+
     pub fn path(&self, sub: &str) -> PathBuf {
         self.dir.path().join(sub)
     }
