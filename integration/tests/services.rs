@@ -141,8 +141,14 @@ struct Cluster {
 }
 
 fn cluster(services_yaml: &str) -> Cluster {
+    cluster_with(services_yaml, &[])
+}
+
+/// [`cluster`] with extra agent flags.
+fn cluster_with(services_yaml: &str, agent_args: &[&str]) -> Cluster {
     let node = Node::new(NodeOptions {
         manifests: true,
+        agent_args: agent_args.iter().map(|a| (*a).to_owned()).collect(),
         ..Default::default()
     });
     let web: Vec<Pod> = (1..=3).map(|i| node.add_pod(&format!("web-{i}"))).collect();
@@ -583,12 +589,13 @@ fn ten_thousand_services_programmed_and_reachable() {
 
 /// Test that an external IP routed to the node by the outside serves from outside (TC, external
 /// scope) and from a pod (socket), and that the outside client is translated to the node
-/// (`externalTrafficPolicy: Cluster`, the default).
+/// (`externalTrafficPolicy: Cluster`, the default), once `--external-ips` allows its range.
 #[test]
 fn external_ip_from_outside_and_inside() {
-    let c = cluster(
+    let c = cluster_with(
         "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: default}\n\
          spec:\n  clusterIP: 10.96.0.60\n  externalIPs: [198.51.100.20]\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+        &["--external-ips", "198.51.100.0/24"],
     );
     wait_programmed(&c.node, "198.51.100.20:80/TCP", 3);
     c.node
@@ -758,4 +765,176 @@ fn services_survive_agent_crash_and_restart() {
         u["errors"]["timeout"], 1,
         "the removed port still answers: {u:#}"
     );
+}
+
+/// Waits until `sluicectl status -o json` satisfies `done`, and returns it.
+fn wait_status(node: &Node, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let v = node.sluicectl_json(&["status"]);
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            t.elapsed() < PROGRAM_DEADLINE,
+            "{what}: {v:#}\n{}",
+            node.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether status lists a refused frontend containing every one of `parts`.
+fn refused(status: &Value, parts: &[&str]) -> bool {
+    status["services"]["conflicts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|c| parts.iter().all(|p| c.contains(p)))
+}
+
+/// The services listed on `frontend` (`addr:port/PROTO`).
+fn holders(node: &Node, frontend: &str) -> Vec<String> {
+    let v = node.sluicectl_json(&["services"]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["frontend"] == frontend)
+        .filter_map(|f| f["service"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Test that a newer Service on the same ClusterIP and port, whose name sorts first, does not
+/// take the frontend from the older one (creationTimestamp decides), that one without a
+/// timestamp does not either (the holder keeps it), and that each refusal is logged and
+/// counted naming both Services.
+#[test]
+fn newer_service_does_not_take_a_frontend() {
+    let c = cluster(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: zzz-old, namespace: default, creationTimestamp: '2024-01-01T00:00:00Z'}\n\
+         spec:\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    );
+    wait_programmed(&c.node, "10.96.0.80:80/TCP", 3);
+    write_manifest(
+        &c.node,
+        "newer.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: aaa-new, namespace: default, creationTimestamp: '2025-06-01T00:00:00Z'}\n\
+         spec:\n  clusterIP: 10.96.0.80\n  selector: {app: client}\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: aa-untimed, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.80\n  selector: {app: client}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    );
+    let status = wait_status(&c.node, "both newer services refused", |s| {
+        s["services"]["taken"].as_u64() == Some(2)
+    });
+    for newer in ["default/aaa-new", "default/aa-untimed"] {
+        assert!(
+            refused(&status, &[newer, "10.96.0.80:80/TCP", "default/zzz-old"]),
+            "{status:#}"
+        );
+        assert!(
+            c.node.agent_log().lines().any(|l| l.contains("refused")
+                && l.contains(newer)
+                && l.contains("default/zzz-old")),
+            "no log line naming {newer} and default/zzz-old:\n{}",
+            c.node.agent_log()
+        );
+    }
+    assert_eq!(holders(&c.node, "10.96.0.80:80/TCP"), ["default/zzz-old"]);
+    let v = probe(
+        &c.node,
+        &c.client.ns,
+        Path::Socket,
+        "10.96.0.80:80",
+        false,
+        30,
+    );
+    assert_eq!(errors(&v), 0, "the older service lost its frontend: {v:#}");
+    assert_eq!(answers(&v, "client"), 0, "{v:#}");
+}
+
+/// Test that a Service in another namespace listing an existing ClusterIP in externalIPs
+/// (CVE-2020-8554), even with every external IP allowed, gets no frontend there: the
+/// ClusterIP keeps serving, on both paths, and the refusal names both Services.
+#[test]
+fn external_ip_cannot_shadow_another_cluster_ip() {
+    let c = cluster_with(
+        &format!(
+            "{WEB_SERVICE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: evil, namespace: aaa}}\n\
+             spec:\n  clusterIP: 10.96.0.90\n  externalIPs: [10.96.0.10]\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, targetPort: 9999}}\n"
+        ),
+        &["--external-ips", "0.0.0.0/0"],
+    );
+    wait_programmed(&c.node, "10.96.0.10:80/TCP", 3);
+    let status = wait_status(&c.node, "the external IP refused", |s| {
+        s["services"]["shadowing"].as_u64() == Some(1)
+    });
+    assert!(
+        refused(&status, &["aaa/evil", "10.96.0.10", "default/web"]),
+        "{status:#}"
+    );
+    assert_eq!(holders(&c.node, "10.96.0.10:80/TCP"), ["default/web"]);
+    for path in [Path::Socket, Path::Tc] {
+        let v = probe(&c.node, &c.client.ns, path, "10.96.0.10:80", false, 30);
+        assert_eq!(errors(&v), 0, "{path:?}: the ClusterIP was shadowed: {v:#}");
+    }
+}
+
+/// Test that a Service whose ClusterIP is a pod's address (inside the pod CIDR) gets no
+/// frontend, so connections to that pod still reach the pod, and that it is counted.
+#[test]
+fn cluster_ip_on_a_pod_address_is_refused() {
+    let c = cluster("");
+    let target = c.web[0].ip;
+    write_manifest(
+        &c.node,
+        "hijack.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: hijack, namespace: default}}\n\
+             spec:\n  clusterIP: {target}\n  selector: {{app: client}}\n  ports:\n  - {{port: 8080, targetPort: 9999}}\n"
+        ),
+    );
+    let status = wait_status(&c.node, "the ClusterIP refused", |s| {
+        s["services"]["podAddress"].as_u64() == Some(1)
+    });
+    assert!(
+        refused(&status, &["default/hijack", &target.to_string()]),
+        "{status:#}"
+    );
+    assert!(holders(&c.node, &format!("{target}:8080/TCP")).is_empty());
+    for path in [Path::Socket, Path::Tc] {
+        let v = probe(
+            &c.node,
+            &c.client.ns,
+            path,
+            &format!("{target}:8080"),
+            false,
+            10,
+        );
+        assert_eq!(
+            errors(&v),
+            0,
+            "{path:?}: the pod's address was taken: {v:#}"
+        );
+        assert_eq!(answers(&v, &c.web[0].name), 10, "{v:#}");
+    }
+}
+
+/// Test that without --external-ips no external IP is honoured (the default), and that the
+/// refusal is counted and names the Service.
+#[test]
+fn external_ips_not_honoured_by_default() {
+    let c = cluster(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.60\n  externalIPs: [198.51.100.20]\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    );
+    wait_programmed(&c.node, "10.96.0.60:80/TCP", 3);
+    let status = wait_status(&c.node, "the external IP refused", |s| {
+        s["services"]["externalIpNotAllowed"].as_u64() == Some(1)
+    });
+    assert!(
+        refused(&status, &["default/ext", "198.51.100.20", "--external-ips"]),
+        "{status:#}"
+    );
+    assert!(holders(&c.node, "198.51.100.20:80/TCP").is_empty());
 }
