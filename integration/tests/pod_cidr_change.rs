@@ -10,7 +10,7 @@ const CIDR_B: &str = "10.244.7.0/24";
 
 /// Test that after the agent restarts with pod CIDR B, a pod made under CIDR A still reaches
 /// the outside (masqueraded) and the pods of B, a new pod gets a B address, and the agent
-/// names the old pod in a warning and in `sluicectl status`.
+/// names the old pod in a warning and in `sluicectl status` until it is deleted.
 #[test]
 fn pod_of_an_old_cidr_keeps_the_outside_after_a_cidr_change() {
     let mut node = Node::new(NodeOptions {
@@ -66,6 +66,25 @@ fn pod_of_an_old_cidr_keeps_the_outside_after_a_cidr_change() {
             .any(|l| l.contains("outside the pod CIDR") && l.contains(&want)),
         "no warning naming the old pod:\n{log}"
     );
+
+    // Deleted, the old pod's address leaves the node and the status.
+    node.del_pod(&old);
+    assert!(
+        !node.ipam_addresses().contains(&old.ip.to_string()),
+        "{:?}",
+        node.ipam_addresses()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !node.sluicectl_json(&["status"])["podsOutsidePodCidr"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted pod is still listed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn cidr_contains(cidr: &str, ip: std::net::Ipv4Addr) -> bool {
