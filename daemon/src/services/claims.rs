@@ -15,7 +15,7 @@
 //!
 //! Each refusal is a [`Conflict`] naming both sides, logged and counted by the agent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -60,8 +60,8 @@ pub struct Conflict {
     /// The address refused: `addr` for an address-wide refusal, `addr:port/PROTO` when only
     /// that frontend is taken.
     pub address: String,
-    /// What holds it: `Service ns/name`, `Pod ns/name`, `pod CIDR … of node …`, `node
-    /// address`, or the `--external-ips` ranges.
+    /// What holds it: `Service ns/name`, `Pod ns/name`, `pod CIDR … of node …`, `address of
+    /// node …`, or the `--external-ips` ranges.
     pub holder: String,
 }
 
@@ -92,7 +92,9 @@ pub(super) fn age(svc: &Service) -> Age<'_> {
 pub(super) struct Reserved<'a> {
     /// ClusterIP -> `namespace/name` of the Service holding it (the first one listed).
     cluster_ips: BTreeMap<IpAddr, String>,
-    node_ips: BTreeSet<IpAddr>,
+    /// Node address -> `node NAME`: this node's, and every Node object's InternalIP and
+    /// ExternalIP (NodePorts listen there, and so do kubelets).
+    node_ips: BTreeMap<IpAddr, String>,
     /// (CIDR, whose): this node's and every Node object's pod CIDRs.
     pod_cidrs: Vec<(IpNetwork, String)>,
     /// Pod address -> `namespace/name`.
@@ -114,6 +116,23 @@ impl<'a> Reserved<'a> {
                     cluster_ips
                         .entry(ip)
                         .or_insert_with(|| format!("Service {ns}/{name}"));
+                }
+            }
+        }
+        let mut node_ips: BTreeMap<IpAddr, String> = node
+            .node_ips
+            .iter()
+            .map(|ip| (*ip, format!("node {}", node.node_name)))
+            .collect();
+        for n in state.nodes() {
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+            for a in addrs.into_iter().flatten() {
+                if !matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
+                    continue;
+                }
+                if let Ok(ip) = a.address.parse::<IpAddr>() {
+                    node_ips.entry(ip).or_insert_with(|| format!("node {name}"));
                 }
             }
         }
@@ -160,7 +179,7 @@ impl<'a> Reserved<'a> {
         }
         Self {
             cluster_ips,
-            node_ips: node.node_ips.iter().copied().collect(),
+            node_ips,
             pod_cidrs,
             pod_ips,
             external_ips: node.external_ips,
@@ -199,8 +218,8 @@ impl<'a> Reserved<'a> {
                 format!("pod CIDR {cidr} of {whose}"),
             ));
         }
-        if self.node_ips.contains(&addr) {
-            return Some((ConflictKind::Shadowing, format!("node address {addr}")));
+        if let Some(whose) = self.node_ips.get(&addr) {
+            return Some((ConflictKind::Shadowing, format!("address of {whose}")));
         }
         if kind != FrontendKind::ClusterIp {
             if let Some(svc) = self.cluster_ips.get(&addr) {

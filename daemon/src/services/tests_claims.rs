@@ -120,18 +120,26 @@ fn holder_keeps_frontend_without_timestamps() {
     assert_eq!(second.conflicts[0].object, "shop/aaa");
 }
 
-/// Test that a Service in another namespace listing an existing ClusterIP, or a node
-/// address, in externalIPs (CVE-2020-8554) gets no frontend there, and the ClusterIP keeps
-/// its own backends; a load-balancer ingress IP on a ClusterIP is refused the same way.
+/// Test that a Service in another namespace listing an existing ClusterIP, this node's
+/// address or another Node's InternalIP in externalIPs (CVE-2020-8554) gets no frontend
+/// there, and the ClusterIP keeps its own backends; a load-balancer ingress IP on a
+/// ClusterIP is refused the same way.
 #[test]
 fn external_and_lb_ips_never_shadow_cluster_ips_or_nodes() {
     let mut state = web_two_nodes("");
+    let node_b = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-b"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.11"},
+            {"type": "Hostname", "address": "node-b"}]}});
+    state
+        .apply(Object::Node(serde_json::from_value(node_b).expect("node")))
+        .expect("apply");
     state
         .apply(service(serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "evil", "namespace": "aaa"},
             "spec": {"clusterIP": "10.96.0.66",
-                "externalIPs": ["10.96.0.20", "192.168.1.10"],
+                "externalIPs": ["10.96.0.20", "192.168.1.10", "192.168.1.11"],
                 "ports": [{"port": 80}, {"port": 22}]},
         })))
         .expect("apply");
@@ -155,6 +163,7 @@ fn external_and_lb_ips_never_shadow_cluster_ips_or_nodes() {
         2
     );
     assert!(holders(&out.frontends, "192.168.1.10").is_empty());
+    assert!(holders(&out.frontends, "192.168.1.11").is_empty());
     assert_eq!(
         out.conflicts,
         [
@@ -168,7 +177,13 @@ fn external_and_lb_ips_never_shadow_cluster_ips_or_nodes() {
                 ConflictKind::Shadowing,
                 "aaa/evil",
                 "192.168.1.10",
-                "node address 192.168.1.10"
+                "address of node node-a"
+            ),
+            conflict(
+                ConflictKind::Shadowing,
+                "aaa/evil",
+                "192.168.1.11",
+                "address of node node-b"
             ),
             conflict(
                 ConflictKind::Shadowing,
