@@ -134,7 +134,9 @@ pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
     };
     let cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
     let wants = match unsafe { POD_NAMESPACES.get(&cookie) } {
-        Some(flags) if flags & sock::NS_FLAG_NO_SOCKMAP == 0 => qualifies(ends.local, ends.local_port, ends.remote, ends.remote_port),
+        Some(flags) if flags & sock::NS_FLAG_NO_SOCKMAP == 0 => {
+            qualifies(ends.local, ends.local_port, ends.remote, ends.remote_port)
+        }
         _ => false,
     };
     let key = ends.key(cookie);
