@@ -26,10 +26,10 @@
 //! - The opener joins if it qualifies, and then records that in `SL_SOCKJN_V1` under its own
 //!   key with its sequence numbers (if it cannot record, it leaves again at once). If it does
 //!   not join, it clears any entry a closed socket with the same key left there.
-//! - The acceptor takes the opener's record (delete: found or not, it is gone after) and joins
-//!   only if the record was there with this handshake's sequence numbers (the opener's ISN + 1
-//!   is the acceptor's `rcv_nxt`, and the reverse), it qualifies itself, and its insert
-//!   succeeds. Otherwise it removes the opener's entry, found by the peer key.
+//! - The acceptor takes the opener's record (its delete must be the one that removes it) and
+//!   joins only if the record was there with this handshake's sequence numbers (the opener's
+//!   ISN + 1 is the acceptor's `rcv_nxt`, and the reverse), it qualifies itself, and its
+//!   insert succeeds. Otherwise it removes the opener's entry, found by the peer key.
 //!
 //! This covers an opener that does not qualify or whose insert fails (no record: the acceptor
 //! stays out), an opener outside the cgroup (it never records), and an acceptor that does not
@@ -162,8 +162,10 @@ pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
     }
     let peer = ends.peer_key(cookie);
     let record = unsafe { SOCK_JOINED.get(&peer) }.copied();
-    let _ = SOCK_JOINED.remove(&peer);
-    let paired = record.is_some_and(|j| j.seq == ops.rcv_nxt && j.ack == ops.snd_nxt);
+    // The record counts only if this delete is the one that removes it: whoever else might
+    // take it (a later sweep) then knows the acceptor did not.
+    let claimed = SOCK_JOINED.remove(&peer).is_ok();
+    let paired = claimed && record.is_some_and(|j| j.seq == ops.rcv_nxt && j.ack == ops.snd_nxt);
     if paired && wants && SOCKHASH.update(key, &mut *ops, BPF_ANY as u64).is_ok() {
         // Counted once both ends are in: one per socket.
         count(metrics::SOCK_ACCELERATED, 1);
