@@ -36,6 +36,7 @@ user_pod!(
     nat::Tuple,
     nat::Binding,
     sock::SockKey,
+    sock::Joined,
     svc::Key,
     svc::Value,
     svc::BackendKey,
