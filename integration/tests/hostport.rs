@@ -33,11 +33,18 @@ impl Drop for Server {
     }
 }
 
-/// Starts a TCP server in `pod` on `port` that answers with the pod's name.
+/// Starts a server in `pod` on TCP `port` (and UDP `udp`) that answers with the pod's name.
 fn serve(node: &Node, pod: &Pod, port: u16) -> Server {
-    let mut child = node
-        .pod_command(&pod.ns, bin("sluice-svcprobe"))
-        .args(["serve", "--name", &pod.name, "--tcp", &port.to_string()])
+    serve_udp(node, pod, port, None)
+}
+
+fn serve_udp(node: &Node, pod: &Pod, port: u16, udp: Option<u16>) -> Server {
+    let mut cmd = node.pod_command(&pod.ns, bin("sluice-svcprobe"));
+    cmd.args(["serve", "--name", &pod.name, "--tcp", &port.to_string()]);
+    if let Some(u) = udp {
+        cmd.args(["--udp", &u.to_string()]);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -76,15 +83,20 @@ fn add_pod_with_ports(node: &Node, name: &str, mappings: Value) -> Pod {
 /// `sluice-svcprobe probe` to `to` from `ns`: inside the agent's cgroup (socket hooks) when
 /// `socket`, else a plain process (TC path).
 fn probe(node: &Node, ns: &Netns, socket: bool, to: &str, count: usize) -> Value {
+    probe_proto(node, ns, socket, to, count, false)
+}
+
+fn probe_proto(node: &Node, ns: &Netns, socket: bool, to: &str, count: usize, udp: bool) -> Value {
     let mut c = if socket {
         node.pod_command(ns, bin("sluice-svcprobe"))
     } else {
         ns.command(bin("sluice-svcprobe"))
     };
-    let out = c
-        .args(["probe", "--to", to, "--count", &count.to_string()])
-        .output()
-        .expect("run probe");
+    c.args(["probe", "--to", to, "--count", &count.to_string()]);
+    if udp {
+        c.arg("--udp");
+    }
+    let out = c.output().expect("run probe");
     assert!(
         out.status.success(),
         "probe failed: {}",
@@ -151,7 +163,8 @@ fn wait_hostport(node: &Node, frontend: &str, backend: Option<&str>) {
 }
 
 /// Test that a hostPort given as `runtimeConfig.portMappings` at ADD takes traffic from outside
-/// the node to NODE_IP:hostPort to the pod's containerPort (the pod sees the outside client),
+/// the node to NODE_IP:hostPort to the pod's containerPort, TCP and UDP (the pod sees the
+/// outside client),
 /// that another pod reaches it on NODE_IP:hostPort too, and that DEL removes the mapping.
 #[test]
 fn hostport_from_outside_and_from_pods_until_del() {
@@ -165,12 +178,20 @@ fn hostport_from_outside_and_from_pods_until_del() {
     let web = add_pod_with_ports(
         &node,
         "web",
-        json!([{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp", "hostIP": ""}]),
+        json!([
+            {"hostPort": 18080, "containerPort": 8080, "protocol": "tcp", "hostIP": ""},
+            {"hostPort": 15353, "containerPort": 5353, "protocol": "udp"}
+        ]),
     );
     let client = node.add_pod("client");
-    let _srv = serve(&node, &web, 8080);
+    let _srv = serve_udp(&node, &web, 8080, Some(5353));
     let frontend = format!("{NODE_IP}:18080/TCP");
     wait_hostport(&node, &frontend, Some(&web.ip.to_string()));
+    wait_hostport(
+        &node,
+        &format!("{NODE_IP}:15353/UDP"),
+        Some(&web.ip.to_string()),
+    );
 
     let to = format!("{NODE_IP}:18080");
     let v = probe(&node, &node.outside, false, &to, 10);
@@ -184,6 +205,15 @@ fn hostport_from_outside_and_from_pods_until_del() {
             "the pod saw {ip}, not the client"
         );
     }
+    let v = probe_proto(
+        &node,
+        &node.outside,
+        false,
+        &format!("{NODE_IP}:15353"),
+        5,
+        true,
+    );
+    assert_eq!(answers(&v, "web"), 5, "UDP from outside: {v:#}");
     let v = probe(&node, &client.ns, true, &to, 5);
     assert_eq!(answers(&v, "web"), 5, "from a pod (socket): {v:#}");
     let v = probe(&node, &client.ns, false, &to, 5);
