@@ -76,6 +76,12 @@ pub struct Status {
     /// NetworkPolicy as programmed by the last reconciliation.
     #[serde(default)]
     pub policy: PolicyStatus,
+    /// hostPort mappings not programmed now (port held by an older owner, hostIP not a node
+    /// address), and how many were refused over the agent's life.
+    #[serde(default)]
+    pub hostport_conflicts: usize,
+    #[serde(default)]
+    pub hostport_conflicts_total: u64,
 }
 
 /// What the NetworkPolicy maps hold, and what did not fit (each failed closed).
@@ -283,6 +289,8 @@ mod tests {
                 uptime_seconds: 1,
                 counters: vec![],
                 policy: PolicyStatus::default(),
+                hostport_conflicts: 0,
+                hostport_conflicts_total: 0,
             })
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {

@@ -38,6 +38,7 @@
 //! - Malformed values are logged once per [`frontends`] call and left out; nothing panics.
 
 mod endpoints;
+pub mod hostport;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -108,6 +109,8 @@ pub enum FrontendKind {
     NodePort,
     ExternalIp,
     LoadBalancer,
+    /// A pod's hostPort (`services/hostport.rs`); `namespace`/`service` name the pod.
+    HostPort,
 }
 
 /// One endpoint a frontend translates to.

@@ -191,6 +191,34 @@ network_config_dir = "{conf}"
         self.containers.last_mut().expect("just pushed").1 = Some(id);
     }
 
+    /// Like [`Podman::run_detached`], with `podman run -p PUBLISH`.
+    fn run_published(&mut self, name: &str, publish: &str) {
+        self.containers.push((name.to_string(), None));
+        let (rootfs, parent) = (self.rootfs(), format!("/{}", self.cgroup));
+        let out = self.ok(&[
+            "run",
+            "-d",
+            "-p",
+            publish,
+            "--name",
+            name,
+            "--network",
+            "sluice",
+            "--cgroup-parent",
+            &parent,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--rootfs",
+            rootfs.to_str().expect("utf-8 path"),
+            "sleep",
+            "300",
+        ]);
+        let id = out.trim().lines().last().unwrap_or_default().to_string();
+        self.containers.last_mut().expect("just pushed").1 = Some(id);
+    }
+
     /// `podman inspect NAME`, the one object.
     fn inspect(&self, name: &str) -> Value {
         let v: Value =
@@ -516,4 +544,83 @@ fn podman_dual_stack_server_accelerated_on_both_ends() {
     println!("podman [::] server: {d:?}");
     assert_eq!(d.sockets, 2 * (1 + ROUNDS), "{d:?}");
     assert!(d.bytes >= ROUNDS * 65536, "replies not redirected: {d:?}");
+}
+
+/// Test that `podman run -p HOST:CONTAINER` (podman passes it as `runtimeConfig.portMappings`,
+/// the conflist declaring the capability) takes traffic from outside the node to
+/// NODE_IP:HOST to the container's port, and that `podman rm` removes the mapping.
+#[test]
+fn podman_publish_port_is_a_host_port() {
+    let node = Node::new(NodeOptions::default());
+    let mut podman = Podman::new(&node);
+    let name = unique("pw");
+    podman.run_published(&name, "18083:8080");
+    let v = podman.inspect(&name);
+    let sandbox = v["NetworkSettings"]["SandboxKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sandbox: {}", v["NetworkSettings"]))
+        .to_string();
+    /// Kills the server on every exit path.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={sandbox}"))
+        .arg("--")
+        .arg(integration::bin("sluice-svcprobe"))
+        .args(["serve", "--name", "podman-web", "--tcp", "8080"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(Server)
+        .expect("start server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .expect("server output");
+    assert_eq!(line.trim(), "ready");
+    let frontend = format!("{}:18083/TCP", integration::node::NODE_IP);
+    let programmed = |node: &Node| {
+        node.sluicectl_json(&["services"])
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|f| f["kind"] == "HostPort" && f["frontend"] == frontend)
+            })
+    };
+    let t = Instant::now();
+    while !programmed(&node) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{frontend} not programmed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = node
+        .outside
+        .command(integration::bin("sluice-svcprobe"))
+        .args(["probe", "--count", "3", "--to"])
+        .arg(format!("{}:18083", integration::node::NODE_IP))
+        .output()
+        .expect("probe");
+    drop(server);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("probe report");
+    assert_eq!(report["answers"]["podman-web"], 3, "{report:#}");
+
+    let out = podman.rm(&[&name]);
+    assert!(out.status.success(), "podman rm -f: {}", text(&out.stderr));
+    let t = Instant::now();
+    while programmed(&node) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{frontend} not removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

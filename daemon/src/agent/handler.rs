@@ -64,6 +64,8 @@ impl api::Handler for Shared {
                     failed_closed_total: p.maps.failed_closed_total,
                 })
                 .unwrap_or_default(),
+            hostport_conflicts: self.lb.lock().map_or(0, |l| l.hostport_conflicts.len()),
+            hostport_conflicts_total: self.lb.lock().map_or(0, |l| l.hostport_conflicts_total),
         })
     }
 

@@ -161,6 +161,12 @@ fn main() -> anyhow::Result<()> {
                     p.overflowed_peers, p.failed_closed_endpoints
                 );
             }
+            if s.hostport_conflicts > 0 {
+                println!(
+                    "HostPorts:     {} mappings not programmed (port held by an older owner; see the agent's log)",
+                    s.hostport_conflicts
+                );
+            }
             println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
             println!(
                 "Agent uptime:  {}s (version {})",
