@@ -13,6 +13,9 @@
 //! DEL needs nothing but the attachment's identity: the host veth name is derived from it and
 //! the addresses come from IPAM, so it works with the netns gone, without prevResult and with
 //! the agent down.
+//!
+//! hostPort: the `runtimeConfig.portMappings` of an ADD are recorded in `<stateDir>/hostports`
+//! (`datapath_common::hostport`) and removed at DEL; the agent programs them as frontends.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -21,11 +24,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use datapath_common::{endpoint, pins, user};
+use datapath_common::{endpoint, hostport, pins, user};
 use ipnetwork::IpNetwork;
 
 use crate::{
-    config::NetConf,
+    config::{NetConf, Protocol},
     env::Env,
     error::CniError,
     netlink::{host_veth_name, in_netns, mac_string, Netlink, NlError},
@@ -189,13 +192,57 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
         endpoints: Vec::new(),
         netns_cookie: None,
     };
-    match wire(env, conf, &netns, gateway, &allocs, &mut eps, &mut undo) {
+    match wire(env, conf, &netns, gateway, &allocs, &mut eps, &mut undo)
+        .and_then(|r| record_host_ports(env, conf, &allocs).map(|()| r))
+    {
         Ok(r) => Ok(r),
         Err(e) => {
             undo.run(&mut eps);
             Err(e)
         }
     }
+}
+
+/// Records the `portMappings` (hostPort) of the attachment for the agent, which programs them
+/// as frontends on the node's addresses; nothing is written when there are none.
+fn record_host_ports(
+    env: &Env,
+    conf: &NetConf,
+    allocs: &[ipam::Allocation],
+) -> Result<(), CniError> {
+    let maps = &conf.runtime_config.port_mappings;
+    if maps.is_empty() {
+        return Ok(());
+    }
+    let (cid, ifname) = ids(env);
+    let created_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let rec = hostport::Record {
+        container_id: cid.into(),
+        ifname: ifname.into(),
+        namespace: env.args.k8s_pod_namespace.clone().unwrap_or_default(),
+        name: env.args.k8s_pod_name.clone().unwrap_or_default(),
+        created_ns,
+        pod_ips: allocs.iter().map(|a| a.addr).collect(),
+        mappings: maps
+            .iter()
+            .map(|m| hostport::Mapping {
+                proto: match m.protocol {
+                    Protocol::Tcp => 6,
+                    Protocol::Udp => 17,
+                    Protocol::Sctp => 132,
+                },
+                host_port: m.host_port,
+                container_port: m.container_port,
+                host_ip: m.host_ip.filter(|ip| !ip.is_unspecified()),
+            })
+            .collect(),
+    };
+    hostport::write(&conf.state_dir, &rec).map_err(|source| CniError::Io {
+        what: "record the hostPorts".into(),
+        source,
+    })
 }
 
 fn wire(
@@ -405,6 +452,12 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let (cid, ifname) = ids(env);
     let mut errors = Vec::new();
     teardown(conf, cid, ifname, &mut errors);
+    if let Err(source) = hostport::remove(&conf.state_dir, cid, ifname) {
+        errors.push(CniError::Io {
+            what: "remove the hostPort record".into(),
+            source,
+        });
+    }
     CniError::from_many(errors).map_or(Ok(()), Err)
 }
 

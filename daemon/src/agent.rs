@@ -217,6 +217,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         },
     )?;
     tracing::info!(binary = %bin.display(), conflist = %conf.display(), "CNI plugin installed");
+    if !cni_install::has_loopback(&s.cni_bin_dir) {
+        tracing::warn!(
+            bin_dir = %s.cni_bin_dir.display(),
+            "no `loopback` plugin in the CNI bin dir: containerd and CRI-O fail every pod sandbox \
+             without it (install kubernetes-cni or containernetworking-plugins)"
+        );
+    }
 
     let shared = Arc::new(Shared {
         settings: s.clone(),
@@ -239,6 +246,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             conflicts: Vec::new(),
             seen: Seen::default(),
             cfg,
+            hostport_conflicts: Vec::new(),
+            hostport_conflicts_total: 0,
         }),
     });
     for e in sync_derived(&shared) {

@@ -83,6 +83,12 @@ pub struct Status {
     /// left from an earlier pod CIDR: they keep working until they are deleted.
     #[serde(default)]
     pub pods_outside_pod_cidr: Vec<String>,
+    /// hostPort mappings not programmed now (port held by an older owner, hostIP not a node
+    /// address), and how many were refused over the agent's life.
+    #[serde(default)]
+    pub hostport_conflicts: usize,
+    #[serde(default)]
+    pub hostport_conflicts_total: u64,
 }
 
 /// Service frontends, and the frontends refused because an object may not hold them.
@@ -309,6 +315,8 @@ mod tests {
                 policy: PolicyStatus::default(),
                 services: ServicesStatus::default(),
                 pods_outside_pod_cidr: Vec::new(),
+                hostport_conflicts: 0,
+                hostport_conflicts_total: 0,
             })
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {

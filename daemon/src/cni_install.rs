@@ -42,8 +42,19 @@ pub fn conflist(cfg: &PluginConfig<'_>) -> serde_json::Value {
             "podCIDRs": cfg.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "stateDir": cfg.state_dir,
             "bpffs": cfg.bpffs,
+            // Runtimes pass `runtimeConfig.portMappings` (hostPort) only when it is declared.
+            "capabilities": {"portMappings": true},
         }]
     })
+}
+
+/// The reference `loopback` plugin, which containerd and CRI-O exec for every sandbox.
+pub const LOOPBACK: &str = "loopback";
+
+/// Whether `bin_dir` holds the `loopback` plugin; without it every sandbox of containerd fails
+/// (`failed to find plugin "loopback"`). On nodes it comes with kubernetes-cni.
+pub fn has_loopback(bin_dir: &Path) -> bool {
+    bin_dir.join(LOOPBACK).is_file()
 }
 
 /// Writes `bytes` to `dest` through a temporary file in the same directory and a rename.
@@ -112,6 +123,7 @@ mod tests {
         assert_eq!(p["mtu"], 1450);
         assert_eq!(p["podCIDRs"][0], "10.244.1.0/24");
         assert_eq!(p["stateDir"], "/run/sluice");
+        assert_eq!(p["capabilities"]["portMappings"], true);
     }
 
     /// Test that an atomic write leaves exactly the destination file, with its mode.

@@ -70,6 +70,12 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
         sock::MAX_ENTRIES,
     ),
     (
+        sock::JOIN_MAP_NAME,
+        size_of::<sock::SockKey>(),
+        size_of::<sock::Joined>(),
+        sock::JOIN_MAX_ENTRIES,
+    ),
+    (
         sock::PODNS_MAP_NAME,
         size_of::<u64>(),
         size_of::<u32>(),

@@ -40,6 +40,7 @@
 
 mod claims;
 mod endpoints;
+pub mod hostport;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -115,6 +116,8 @@ pub enum FrontendKind {
     NodePort,
     ExternalIp,
     LoadBalancer,
+    /// A pod's hostPort (`services/hostport.rs`); `namespace`/`service` name the pod.
+    HostPort,
 }
 
 /// One endpoint a frontend translates to.

@@ -32,6 +32,10 @@ pub static REV_SNAT: LruHashMap<nat::Tuple, nat::Binding> = LruHashMap::pinned(n
 #[map(name = "SL_SOCK_V1")]
 pub static SOCKHASH: SockHash<sock::SockKey> = SockHash::pinned(sock::MAX_ENTRIES, 0);
 
+#[map(name = "SL_SOCKJN_V1")]
+pub static SOCK_JOINED: LruHashMap<sock::SockKey, sock::Joined> =
+    LruHashMap::pinned(sock::JOIN_MAX_ENTRIES, 0);
+
 #[map(name = "SL_PODNS_V1")]
 pub static POD_NAMESPACES: HashMap<u64, u32> = HashMap::pinned(sock::PODNS_MAX_ENTRIES, 0);
 

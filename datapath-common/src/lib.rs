@@ -12,6 +12,8 @@ extern crate std;
 pub mod addr;
 pub mod config;
 pub mod endpoint;
+#[cfg(feature = "user")]
+pub mod hostport;
 pub mod metrics;
 pub mod nat;
 pub mod pins;
@@ -36,6 +38,7 @@ user_pod!(
     nat::Tuple,
     nat::Binding,
     sock::SockKey,
+    sock::Joined,
     svc::Key,
     svc::Value,
     svc::BackendKey,

@@ -72,6 +72,7 @@ mod tests {
             crate::nat::REV_MAP_NAME,
             crate::sock::MAP_NAME,
             crate::sock::PODNS_MAP_NAME,
+            crate::sock::JOIN_MAP_NAME,
             crate::svc::MAP_NAME,
             crate::svc::BACKEND_MAP_NAME,
             crate::svc::MAGLEV_MAP_NAME,

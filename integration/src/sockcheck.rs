@@ -62,6 +62,32 @@ impl Proc {
         writeln!(w, "{line}").expect("write to helper");
     }
 
+    /// Closes stdin, waits for the exit and says whether the process exited cleanly with a
+    /// report of no error (for counting failures instead of stopping at the first).
+    pub fn succeeded(mut self) -> bool {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + HANG_BOUND;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait for helper") {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running after {HANG_BOUND:?}",
+                self.what
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        let _ = self.out.read_to_string(&mut rest);
+        let clean = rest
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+            .is_some_and(|v| v["error_count"] == 0);
+        status.success() && clean
+    }
+
     /// Closes stdin, waits for the exit and returns the JSON report, asserting that the
     /// process exited cleanly and saw no error.
     pub fn report(mut self) -> Value {
@@ -173,17 +199,17 @@ impl Accel {
 
 /// Entries in the node's sockhash (`SL_SOCK_V1`).
 pub fn sockhash_len(node: &Node) -> usize {
+    sockhash_keys(node).len()
+}
+
+/// The keys of the node's sockhash: one per accelerated socket.
+pub fn sockhash_keys(node: &Node) -> Vec<datapath_common::sock::SockKey> {
     use aya::maps::{Map, MapData, SockHash};
     let path = datapath_common::user::map_path(&node.bpffs(), datapath_common::sock::MAP_NAME);
     let md = MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let h: SockHash<MapData, datapath_common::sock::SockKey> =
         SockHash::try_from(Map::SockHash(md)).expect("sockhash map type");
-    let mut n = 0;
-    for k in h.keys() {
-        k.expect("iterate the sockhash");
-        n += 1;
-    }
-    n
+    h.keys().map(|k| k.expect("iterate the sockhash")).collect()
 }
 
 /// Waits until every socket has left the sockhash (closing a socket unlinks it).

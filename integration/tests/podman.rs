@@ -50,6 +50,9 @@ struct Podman {
     node_ns: PathBuf,
     /// The cgroup (below every hierarchy's root) that holds the containers.
     cgroup: String,
+    /// The node's own cgroup when the containers live below it (`Podman::in_node_cgroup`):
+    /// runc creates it in the cgroup v1 hierarchies too, where it is ours to remove.
+    node_cgroup: Option<String>,
     /// Names of containers created, and their ids once known.
     containers: Vec<(String, Option<String>)>,
     cache_existed: bool,
@@ -94,9 +97,27 @@ network_config_dir = "{conf}"
             dir,
             node_ns: node.node.path(),
             cgroup: unique("sluice-podman-"),
+            node_cgroup: None,
             containers: Vec::new(),
             cache_existed: Path::new(CNI_CACHE).exists(),
         }
+    }
+
+    /// A podman whose containers live below the node's cgroup (the agent's `--cgroup-root`),
+    /// as a kubelet's pods live below its pods cgroup: their sockets are seen by sockops.
+    fn in_node_cgroup(node: &Node) -> Self {
+        let mut p = Self::new(node);
+        let v2 = daemon::node::cgroup2_mount().expect("a cgroup v2 mount");
+        let rel = node
+            .cgroup
+            .strip_prefix(&v2)
+            .expect("the node's cgroup is below the v2 mount")
+            .to_str()
+            .expect("utf-8 cgroup name")
+            .to_string();
+        p.cgroup = format!("{rel}/{}", p.cgroup);
+        p.node_cgroup = Some(rel);
+        p
     }
 
     fn rootfs(&self) -> PathBuf {
@@ -139,12 +160,46 @@ network_config_dir = "{conf}"
 
     /// Starts a detached busybox container on the sluice network.
     fn run_detached(&mut self, name: &str) {
+        self.run_detached_with(name, &[], &["sleep", "300"]);
+    }
+
+    /// Starts a detached container on the sluice network running `cmd`, with `extra`
+    /// arguments to `podman run`.
+    fn run_detached_with(&mut self, name: &str, extra: &[&str], cmd: &[&str]) {
         self.containers.push((name.to_string(), None));
         let rootfs = self.rootfs();
         let parent = format!("/{}", self.cgroup);
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "sluice",
+            "--cgroup-parent",
+            &parent,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ];
+        args.extend(extra);
+        args.extend(["--rootfs", rootfs.to_str().expect("utf-8 path")]);
+        args.extend(cmd);
+        let out = self.ok(&args);
+        let id = out.trim().lines().last().unwrap_or_default().to_string();
+        self.containers.last_mut().expect("just pushed").1 = Some(id);
+    }
+
+    /// Like [`Podman::run_detached`], with `podman run -p PUBLISH`.
+    fn run_published(&mut self, name: &str, publish: &str) {
+        self.containers.push((name.to_string(), None));
+        let (rootfs, parent) = (self.rootfs(), format!("/{}", self.cgroup));
         let out = self.ok(&[
             "run",
             "-d",
+            "-p",
+            publish,
             "--name",
             name,
             "--network",
@@ -226,6 +281,17 @@ impl Drop for Podman {
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
+                }
+            }
+        }
+        if let (Some(node_cg), Ok(hierarchies)) =
+            (&self.node_cgroup, std::fs::read_dir("/sys/fs/cgroup"))
+        {
+            let v2 = daemon::node::cgroup2_mount();
+            for h in hierarchies.flatten() {
+                // The node's v2 cgroup is the node's to remove.
+                if Some(h.path()) != v2 {
+                    let _ = std::fs::remove_dir(h.path().join(node_cg));
                 }
             }
         }
@@ -355,4 +421,206 @@ fn podman_containers_reach_each_other_and_rm_cleans_up() {
     }
     let left = podman.ok(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(left.trim().is_empty(), "containers left: {left}");
+}
+
+/// The bind mounts that let the host's `sluice-sockcheck` (a dynamically linked binary) run in
+/// the busybox rootfs: the binary and the C library it loads, read-only.
+fn sockcheck_mounts() -> Vec<String> {
+    let bin = integration::sockcheck::sockcheck();
+    vec![
+        "-v".into(),
+        format!("{}:/bin/sluice-sockcheck:ro", bin.display()),
+        "-v".into(),
+        "/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro".into(),
+        "-v".into(),
+        "/lib64:/lib64:ro".into(),
+    ]
+}
+
+/// Test, through podman as the CNI client, that a server in a container listening on `[::]`
+/// (`sluice-sockcheck`, one AF_INET6 socket with `IPV6_V6ONLY` cleared, as Go's `:port`
+/// listens; busybox `nc -l` binds `[::]` too) and an IPv4 client in another container are
+/// accelerated on both ends: while the connection is open, both sockets are in the sockhash
+/// under the connection's IPv4 addresses, each the other's peer; echoes and half-close
+/// exchanges read as event loops do arrive intact, and the replies are redirected.
+#[test]
+fn podman_dual_stack_server_accelerated_on_both_ends() {
+    use integration::sockcheck::{sockhash_keys, Accel, Proc};
+
+    let node = Node::new(NodeOptions::default());
+    let mut podman = Podman::in_node_cgroup(&node);
+    let (x, y) = (unique("px"), unique("py"));
+    let mounts = sockcheck_mounts();
+    let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    // stdin stays open (the server reports and exits at EOF) until `podman rm`.
+    podman.run_detached_with(
+        &x,
+        &mounts,
+        &[
+            "sh",
+            "-c",
+            "sleep 300 | /bin/sluice-sockcheck server --listen [::]:9000",
+        ],
+    );
+    podman.run_detached_with(&y, &mounts, &["sleep", "300"]);
+    let ip = |name: &str| -> Ipv4Addr {
+        let v = podman.inspect(name);
+        v["NetworkSettings"]["Networks"]["sluice"]["IPAddress"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{name} has no sluice address"))
+    };
+    let (xip, yip) = (ip(&x), ip(&y));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !podman.ok(&["logs", &x]).contains("ready") {
+        assert!(
+            Instant::now() < deadline,
+            "the server in {x} never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It listens on [::] (an AF_INET6 socket: /proc/net/tcp6, port 9000 = 0x2328, LISTEN).
+    let tcp6 = podman.ok(&["exec", &x, "cat", "/proc/net/tcp6"]);
+    assert!(
+        tcp6.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == "00000000000000000000000000000000:2328" && f[3] == "0A"
+        }),
+        "no [::]:9000 listener in {x}:\n{tcp6}"
+    );
+
+    let to = format!("{xip}:9000");
+    let exec = |args: &[&str]| {
+        let mut c = podman.command(&["exec", "-i", &y, "/bin/sluice-sockcheck"]);
+        c.args(args);
+        Proc::start(c, format!("sluice-sockcheck {} in {y}", args.join(" ")))
+    };
+    let before = Accel::read(&node);
+    let mut p = exec(&["hold", "--to", &to, "--msgs", "4"]);
+    assert_eq!(p.line(), "connected", "{}", p.what);
+    p.say("round");
+    assert_eq!(p.line(), "ok 0", "{}", p.what);
+    let keys = sockhash_keys(&node);
+    p.report();
+    let v4 = |a: &[u8; 16]| Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+    let ends: Vec<(Ipv4Addr, u32, Ipv4Addr, u32)> = keys
+        .iter()
+        .map(|k| {
+            (
+                v4(&k.local_addr),
+                k.local_port,
+                v4(&k.remote_addr),
+                k.remote_port,
+            )
+        })
+        .collect();
+    assert_eq!(ends.len(), 2, "want both ends in the sockhash: {ends:?}");
+    let client = ends
+        .iter()
+        .find(|e| e.0 == yip)
+        .unwrap_or_else(|| panic!("the client's end is not in the sockhash: {ends:?}"));
+    assert_eq!((client.2, client.3), (xip, 9000), "{ends:?}");
+    assert!(
+        ends.contains(&(xip, 9000, yip, client.1)),
+        "the server's end is not in the sockhash: {ends:?}"
+    );
+
+    const ROUNDS: u64 = 10;
+    for _ in 0..ROUNDS {
+        exec(&[
+            "halfclose",
+            "--to",
+            &to,
+            "--send",
+            "4096",
+            "--recv",
+            "65536",
+            "--poll-reads",
+            "true",
+        ])
+        .report();
+    }
+    let d = Accel::read(&node).since(before);
+    println!("podman [::] server: {d:?}");
+    assert_eq!(d.sockets, 2 * (1 + ROUNDS), "{d:?}");
+    assert!(d.bytes >= ROUNDS * 65536, "replies not redirected: {d:?}");
+}
+
+/// Test that `podman run -p HOST:CONTAINER` (podman passes it as `runtimeConfig.portMappings`,
+/// the conflist declaring the capability) takes traffic from outside the node to
+/// NODE_IP:HOST to the container's port, and that `podman rm` removes the mapping.
+#[test]
+fn podman_publish_port_is_a_host_port() {
+    let node = Node::new(NodeOptions::default());
+    let mut podman = Podman::new(&node);
+    let name = unique("pw");
+    podman.run_published(&name, "18083:8080");
+    let v = podman.inspect(&name);
+    let sandbox = v["NetworkSettings"]["SandboxKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sandbox: {}", v["NetworkSettings"]))
+        .to_string();
+    /// Kills the server on every exit path.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={sandbox}"))
+        .arg("--")
+        .arg(integration::bin("sluice-svcprobe"))
+        .args(["serve", "--name", "podman-web", "--tcp", "8080"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(Server)
+        .expect("start server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .expect("server output");
+    assert_eq!(line.trim(), "ready");
+    let frontend = format!("{}:18083/TCP", integration::node::NODE_IP);
+    let programmed = |node: &Node| {
+        node.sluicectl_json(&["services"])
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|f| f["kind"] == "HostPort" && f["frontend"] == frontend)
+            })
+    };
+    let t = Instant::now();
+    while !programmed(&node) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{frontend} not programmed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = node
+        .outside
+        .command(integration::bin("sluice-svcprobe"))
+        .args(["probe", "--count", "3", "--to"])
+        .arg(format!("{}:18083", integration::node::NODE_IP))
+        .output()
+        .expect("probe");
+    drop(server);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("probe report");
+    assert_eq!(report["answers"]["podman-web"], 3, "{report:#}");
+
+    let out = podman.rm(&[&name]);
+    assert!(out.status.success(), "podman rm -f: {}", text(&out.stderr));
+    let t = Instant::now();
+    while programmed(&node) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{frontend} not removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

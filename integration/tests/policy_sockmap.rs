@@ -115,6 +115,18 @@ fn round(h: &mut Proc, n: usize) -> Result<(), String> {
 /// the connection takes its sockets out of the sockhash and stops it.
 #[test]
 fn isolated_pod_allowed_connections_accelerated_until_denied() {
+    accelerated_until_denied(None);
+}
+
+/// Test the same with b's server listening on `[::]` (AF_INET6, `IPV6_V6ONLY=0`): its
+/// IPv4-mapped sockets are judged and taken back like AF_INET ones.
+#[test]
+fn dual_stack_server_connections_accelerated_until_denied() {
+    accelerated_until_denied(Some("[::]"));
+}
+
+/// The policy and acceleration scenario above, b's server on `listen_ip` (else b's address).
+fn accelerated_until_denied(listen_ip: Option<&str>) {
     let node = Node::new(NodeOptions {
         manifests: true,
         ..NodeOptions::default()
@@ -122,7 +134,8 @@ fn isolated_pod_allowed_connections_accelerated_until_denied() {
     write(&node, "pods.yaml", &pods_yaml());
     let (a, b, c) = (node.add_pod("a"), node.add_pod("b"), node.add_pod("c"));
     let to_b = addr(b.ip, PORT);
-    let sb = server(&node, &b.ns, Cg::In, &to_b);
+    let listen = listen_ip.map_or_else(|| to_b.clone(), |ip| format!("{ip}:{PORT}"));
+    let sb = server(&node, &b.ns, Cg::In, &listen);
     let hold_args = [
         "hold",
         "--to",

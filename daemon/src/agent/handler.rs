@@ -88,6 +88,8 @@ impl api::Handler for Shared {
                 .lock()
                 .map(|s| s.iter().cloned().collect())
                 .unwrap_or_default(),
+            hostport_conflicts: self.lb.lock().map_or(0, |l| l.hostport_conflicts.len()),
+            hostport_conflicts_total: self.lb.lock().map_or(0, |l| l.hostport_conflicts_total),
         })
     }
 

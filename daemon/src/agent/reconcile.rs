@@ -4,14 +4,14 @@
 //! a policy change denies taken back.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::Instant,
 };
 
 use anyhow::Context as _;
-use datapath_common::{config, user};
+use datapath_common::{config, hostport, user};
 
 use super::{Shared, SOCKMAP_ANNOTATION};
 use crate::{datapath, enforce, lb, model::ClusterState, policy, services};
@@ -21,6 +21,8 @@ use crate::{datapath, enforce, lb, model::ClusterState, policy, services};
 pub(super) struct Inputs {
     cluster: Arc<ClusterState>,
     pods: BTreeMap<(String, String), IpAddr>,
+    /// hostPort records of live attachments (their container id still owns their address).
+    hostports: Vec<hostport::Record>,
 }
 
 impl Inputs {
@@ -30,13 +32,32 @@ impl Inputs {
             .read()
             .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
             .clone();
-        let pods = user::Endpoints::open(&shared.settings.bpffs)?
-            .list()?
+        let eps = user::Endpoints::open(&shared.settings.bpffs)?.list()?;
+        let live: BTreeSet<(&str, IpAddr)> = eps
+            .iter()
+            .map(|e| (e.container_id.as_str(), e.addr))
+            .collect();
+        let (mut hostports, unreadable) = hostport::read_all(&shared.settings.state_dir);
+        for (path, why) in unreadable {
+            tracing::warn!(path = %path.display(), %why, "unreadable hostPort record, ignored");
+        }
+        // A record whose attachment is gone (an interrupted ADD, or a DEL that never came)
+        // opens nothing.
+        hostports.retain(|r| {
+            r.pod_ips
+                .iter()
+                .all(|ip| live.contains(&(r.container_id.as_str(), *ip)))
+        });
+        let pods = eps
             .into_iter()
             .filter(|e| !e.name.is_empty())
             .map(|e| ((e.namespace, e.name), e.addr))
             .collect();
-        Ok(Self { cluster, pods })
+        Ok(Self {
+            cluster,
+            pods,
+            hostports,
+        })
     }
 }
 
@@ -45,6 +66,7 @@ impl Inputs {
 pub(super) struct Seen {
     cluster: Option<Arc<ClusterState>>,
     pods: BTreeMap<(String, String), IpAddr>,
+    hostports: Vec<hostport::Record>,
 }
 
 impl Seen {
@@ -54,12 +76,14 @@ impl Seen {
             .cluster
             .as_ref()
             .is_some_and(|c| Arc::ptr_eq(c, &inputs.cluster))
-            && self.pods == inputs.pods)
+            && self.pods == inputs.pods
+            && self.hostports == inputs.hostports)
     }
 
     fn record(&mut self, inputs: &Inputs) {
         self.cluster = Some(inputs.cluster.clone());
         self.pods = inputs.pods.clone();
+        self.hostports = inputs.hostports.clone();
     }
 }
 
@@ -80,6 +104,9 @@ pub(super) struct LbState {
     pub(super) conflicts: Vec<services::Conflict>,
     pub(super) seen: Seen,
     pub(super) cfg: config::NodeConfig,
+    /// hostPort mappings left out now, and how many times one was refused since start.
+    pub(super) hostport_conflicts: Vec<services::hostport::Conflict>,
+    pub(super) hostport_conflicts_total: u64,
 }
 
 /// The `SL_PODNS_V1` flags a pod should have, from its annotations.
@@ -207,7 +234,19 @@ fn sync_services(shared: &Shared, inputs: &Inputs) -> anyhow::Result<()> {
             "service frontend refused: {c}"
         );
     }
-    let want = compiled.frontends;
+    let mut want = compiled.frontends;
+    let conflicts = services::hostport::apply(&mut want, &inputs.hostports, cluster, &node_ips);
+    for c in conflicts
+        .iter()
+        .filter(|c| !st.hostport_conflicts.contains(c))
+    {
+        tracing::warn!(pod = %c.pod, port = %c.port, reason = %c.reason, "hostPort not programmed");
+    }
+    st.hostport_conflicts_total += conflicts
+        .iter()
+        .filter(|c| !st.hostport_conflicts.contains(c))
+        .count() as u64;
+    st.hostport_conflicts = conflicts;
     let stats = st.maps.sync(&want, 0)?;
     let on = !st.maps.is_empty();
     if on != (st.cfg.flags & config::FLAG_SERVICES != 0) {

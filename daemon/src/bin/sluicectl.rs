@@ -177,6 +177,12 @@ fn main() -> anyhow::Result<()> {
                     s.pods_outside_pod_cidr.join(", ")
                 );
             }
+            if s.hostport_conflicts > 0 {
+                println!(
+                    "HostPorts:     {} mappings not programmed (port held by an older owner; see the agent's log)",
+                    s.hostport_conflicts
+                );
+            }
             println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
             println!(
                 "Agent uptime:  {}s (version {})",

@@ -4,7 +4,7 @@
 //! on the right socket, whatever the message sizes, read sizes, peeks and shutdowns.
 //!
 //! ```text
-//! sluice-sockcheck server --listen IP:PORT
+//! sluice-sockcheck server --listen IP:PORT      (IP may be `[::]`: dual-stack, IPV6_V6ONLY=0)
 //! sluice-sockcheck echo --to IP:PORT [--conns 1] [--parallel 1] [--msgs 8] [--max-size 65536]
 //!                       [--bind IP:PORT] [--seed N]
 //! sluice-sockcheck stream|duplex --to IP:PORT --bytes N [--window 16777216] [--seed N]
@@ -34,6 +34,11 @@
 //!   peeked bytes in small chunks, and checks that all three agree with the pattern.
 //! - `hold`: connections stay open; each line on stdin runs one round of echoes on all of
 //!   them (`ok N` or `error …` on stdout), and EOF on stdin closes them.
+//!
+//! A server on `[::]:PORT` is one AF_INET6 socket with `IPV6_V6ONLY` cleared, as Go's `:port`,
+//! Java and Node.js listen: it accepts IPv4 clients as IPv4-mapped AF_INET6 sockets. A client
+//! given `--to [::ffff:IP]:PORT` connects from an AF_INET6 socket the same way, and `--to
+//! [::1]:PORT` over IPv6 loopback.
 //!
 //! Every mode takes `--io-timeout-ms` (default 30000; 0 leaves sockets plainly blocking).
 //! The server prints `ready` once listening and, when its stdin closes, a JSON report. Clients
@@ -588,8 +593,7 @@ impl Stats {
 
 fn server(f: &Flags) -> Res<Value> {
     let listen: SocketAddr = f.get("--listen", None)?;
-    // std sets SO_REUSEADDR: a new server can take the port while old connections linger.
-    let l = TcpListener::bind(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
+    let l = listen_on(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
     println!("ready");
     io::stdout().flush().map_err(io_err("stdout"))?;
     let stats = Arc::new(Stats::default());
@@ -640,6 +644,59 @@ fn server(f: &Flags) -> Res<Value> {
     }
     let spurious = SPURIOUS_EAGAIN.load(Ordering::Relaxed);
     Ok(stats.report(json!({ "spurious_eagain": spurious })))
+}
+
+/// A listening socket on `addr` with `SO_REUSEADDR` (a new server can take the port while old
+/// connections linger, as std does); an IPv6 one with `IPV6_V6ONLY` cleared explicitly, so it
+/// takes IPv4 connections whatever `net.ipv6.bindv6only` says.
+fn listen_on(addr: SocketAddr) -> io::Result<TcpListener> {
+    let SocketAddr::V6(a) = addr else {
+        return TcpListener::bind(addr);
+    };
+    let sin6 = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: a.port().to_be(),
+        sin6_flowinfo: a.flowinfo(),
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.ip().octets(),
+        },
+        sin6_scope_id: a.scope_id(),
+    };
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: plain socket syscalls on a descriptor owned by `fd`, with correctly sized
+    // arguments.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(raw);
+        let (one, zero): (libc::c_int, libc::c_int) = (1, 0);
+        if libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            size,
+        ) != 0
+            || libc::setsockopt(
+                raw,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&zero as *const libc::c_int).cast(),
+                size,
+            ) != 0
+            || libc::bind(
+                raw,
+                (&sin6 as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ) != 0
+            || libc::listen(raw, 128) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TcpListener::from(fd))
+    }
 }
 
 fn serve_one(mut s: TcpStream, n: u64, stats: &Stats, released: impl FnOnce()) -> Res<()> {
