@@ -38,13 +38,26 @@ fn spec_id(len: usize) -> String {
 }
 
 /// Waits for `child`, killing it and failing the test if it has not exited after [`HUNG`].
+/// Its stdout and stderr (if piped) are read meanwhile, so a plugin that writes more than a
+/// pipe holds is not mistaken for a hung one.
 fn wait_bounded(mut child: Child, what: &str) -> Output {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait for the plugin").is_some() {
-            return child
-                .wait_with_output()
-                .expect("collect the plugin's output");
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for the plugin") {
+            break st;
         }
         if start.elapsed() > HUNG {
             let _ = child.kill();
@@ -52,6 +65,11 @@ fn wait_bounded(mut child: Child, what: &str) -> Output {
             panic!("{what}: the plugin did not exit (hung)");
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
 }
 
