@@ -62,7 +62,7 @@ fn wait_bounded(mut child: Child, what: &str) -> Output {
         if start.elapsed() > HUNG {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what}: the plugin did not exit (hung)");
+            panic!("{what}: did not exit (hung)");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
