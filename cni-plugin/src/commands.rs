@@ -540,8 +540,9 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         if let Some(m) = &want_mac {
             if !m.eq_ignore_ascii_case(&mac_string(l.mac)) {
                 return Err(fail(format!(
-                    "{ifname} has MAC {}, expected {m}",
-                    mac_string(l.mac)
+                    "{ifname} has MAC {}, expected {}",
+                    mac_string(l.mac),
+                    crate::error::quote(m)
                 )));
             }
         }

@@ -383,7 +383,7 @@ fn parse_mtu(v: Option<&Value>, pod_cidrs: &[IpNetwork]) -> Result<u32, CniError
             .as_u64()
             .and_then(|m| u32::try_from(m).ok())
             .filter(|m| (68..=65535).contains(m))
-            .ok_or_else(|| invalid(format!("mtu {v} out of range 68..=65535")))?,
+            .ok_or_else(|| invalid(format!("mtu {} out of range 68..=65535", shown(v))))?,
     };
     // IPv6 requires every link to carry 1280-byte packets (RFC 8200 §5).
     if mtu < 1280 && pod_cidrs.iter().any(IpNetwork::is_ipv6) {

@@ -244,7 +244,7 @@ impl MacAddr {
             return Err(format!("invalid MAC address {}", quote(s)));
         }
         if bytes[0] & 1 == 1 || bytes == [0; 6] {
-            return Err(format!("MAC address {s:?} is not a unicast address"));
+            return Err(format!("MAC address {} is not a unicast address", quote(s)));
         }
         Ok(MacAddr(bytes))
     }
