@@ -806,3 +806,102 @@ fn oversized_input_is_refused_and_never_echoed() {
     assert!(out.stderr.len() < 1024, "stderr {} bytes", out.stderr.len());
     assert_node_clean(&node);
 }
+
+/// Test that no command panics on malformed environment values (§1.2): each of
+/// CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS, CNI_ARGS and CNI_PATH unset, empty, huge, or holding
+/// separators and non-ASCII, gives a spec error object (or success with an empty stdout for
+/// commands that need not read it), never exit code 101 or a panic message.
+#[test]
+fn malformed_environments_never_panic() {
+    integration::require_root();
+    let ns = Netns::new(&unique("slf"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for d in ["state", "bpf"] {
+        std::fs::create_dir(tmp.path().join(d)).expect("mkdir");
+    }
+    let pod = Netns::new(&unique("slp"));
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "fuzz", "type": "sluice",
+        "podCIDRs": ["10.244.1.0/24"],
+        "stateDir": tmp.path().join("state"), "bpffs": tmp.path().join("bpf"),
+        VALID: [],
+    });
+    let stdin = serde_json::to_vec(&conf).expect("encode");
+    let huge = "a".repeat(100_000);
+    let values: Vec<Option<String>> = vec![
+        None,
+        Some(String::new()),
+        Some(huge.clone()),
+        Some("a/b:c d;e=f".into()),
+        Some("é\u{1F600}\u{7f}".into()),
+        Some("/dev/null".into()),
+        Some("/nonexistent/x".into()),
+        Some(";;==;IP=300.1.1.1;MAC=zz;K8S_POD_NAME=;IgnoreUnknown=x".into()),
+        Some(format!("/{huge}")),
+    ];
+    let good = [
+        ("CNI_CONTAINERID", "c1".to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_NETNS", pod.path().display().to_string()),
+        ("CNI_ARGS", "IgnoreUnknown=1".to_string()),
+        ("CNI_PATH", "/opt/cni/bin".to_string()),
+    ];
+    for command in ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "add", ""] {
+        for (var, _) in &good {
+            for value in &values {
+                let mut cmd = ns.command(bin("sluice-cni"));
+                cmd.env_clear().env("CNI_COMMAND", command);
+                for (k, v) in &good {
+                    if k != var {
+                        cmd.env(k, v);
+                    }
+                }
+                if let Some(v) = value {
+                    cmd.env(var, v);
+                }
+                let mut child = cmd
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("exec the plugin");
+                let mut pipe = child.stdin.take().expect("stdin");
+                let input = stdin.clone();
+                let writer = std::thread::spawn(move || {
+                    let _ = pipe.write_all(&input);
+                });
+                let out = wait_bounded(child, command);
+                writer.join().expect("stdin writer");
+                let shown: String = format!("{value:?}").chars().take(40).collect();
+                let label = format!("{command} {var}={shown}");
+                let out = CniOutput {
+                    status: out.status.code().unwrap_or(-1),
+                    stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                };
+                assert_no_panic(out.status, &out.stderr, &label);
+                assert!(
+                    out.stdout.len() < 16_384,
+                    "{label}: stdout {}",
+                    out.stdout.len()
+                );
+                assert!(
+                    out.stderr.len() < 16_384,
+                    "{label}: stderr {}",
+                    out.stderr.len()
+                );
+                if out.status != 0 {
+                    expect_error_object(&out, &label);
+                } else if command == "VERSION" {
+                    assert!(out.json()["supportedVersions"].is_array(), "{label}");
+                } else {
+                    assert!(
+                        matches!(command, "DEL" | "GC") && out.stdout.is_empty(),
+                        "{label}: unexpected success {out:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(pod_links(&pod).is_empty(), "an interface was created");
+}
