@@ -40,8 +40,9 @@ pub struct NetConf {
     pub plugin_type: String,
     /// `mtu`, 68..=65535 (≥ 1280 with an IPv6 pod CIDR); default 1500.
     pub mtu: u32,
-    /// `podCIDRs`, network addresses only; empty unless the agent wrote them (ADD needs them:
-    /// see [`NetConf::require_pod_cidrs`]).
+    /// `podCIDRs`, networks that can hold pods (`ipam::check_pod_cidrs`); empty unless the
+    /// agent wrote them (ADD needs them: see [`NetConf::require_pod_cidrs`]) and for a DEL
+    /// whose config holds invalid ones (DEL needs none).
     pub pod_cidrs: Vec<IpNetwork>,
     /// `stateDir`, default `/run/sluice`.
     pub state_dir: PathBuf,
