@@ -18,7 +18,7 @@
 //! (`datapath_common::hostport`) and removed at DEL; the agent programs them as frontends.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeSet, HashSet},
     fs::File,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
@@ -50,10 +50,36 @@ fn dp_err(op: impl Into<String>, e: impl std::error::Error + Send + Sync + 'stat
     }
 }
 
-/// The IPAM store of this network: `<stateDir>/ipam/<network name>`.
+/// The directory of this network's IPAM store: `<stateDir>/ipam/<network name>`.
+fn ipam_dir(conf: &NetConf) -> PathBuf {
+    conf.state_dir.join("ipam").join(&conf.name)
+}
+
+/// The IPAM store with the config's pod CIDRs, to allocate from (ADD) or count (STATUS).
 fn ipam_store(conf: &NetConf) -> Result<ipam::Store, CniError> {
-    let dir = conf.state_dir.join("ipam").join(&conf.name);
-    Ok(ipam::Store::open(dir, conf.pod_cidrs.clone(), Vec::new())?)
+    Ok(ipam::Store::open(
+        ipam_dir(conf),
+        conf.pod_cidrs.clone(),
+        Vec::new(),
+    )?)
+}
+
+/// The IPAM store for finding and releasing what exists (DEL, CHECK, GC): it needs no pod
+/// CIDR, so a config without one, or with one that changed, still releases every address.
+fn ipam_records(conf: &NetConf) -> Result<ipam::Store, CniError> {
+    Ok(ipam::Store::open_unranged(ipam_dir(conf))?)
+}
+
+/// Refuses pod CIDRs that overlap a network of the node (e.g. its uplink's): pods would take
+/// addresses the node reaches on the wire. The agent refuses them too; this catches a config
+/// written by hand or left from another node.
+fn refuse_node_overlap(cidrs: &[IpNetwork]) -> Result<(), CniError> {
+    let nets = Netlink::new()
+        .and_then(|nl| nl.networks())
+        .map_err(nl_err)?;
+    ipam::check_pod_cidrs(cidrs, &nets).map_err(|e| CniError::InvalidConfig {
+        reason: format!("podCIDRs: {e}"),
+    })
 }
 
 /// The endpoint maps; a datapath that was never loaded is "try again later".
@@ -146,6 +172,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
             reason: "IPv6 pod CIDRs are not supported by this datapath yet".into(),
         });
     }
+    refuse_node_overlap(cidrs)?;
     let IpAddr::V4(gateway) = conf.gateway else {
         return Err(CniError::InvalidConfig {
             reason: "gateway must be an IPv4 address".into(),
@@ -389,49 +416,72 @@ fn wire(
 
 /// Tears down one attachment; every step is best-effort and a missing piece is success.
 fn teardown(conf: &NetConf, cid: &str, ifname: &str, errors: &mut Vec<CniError>) {
-    let store = match ipam_store(conf) {
+    let store = match ipam_records(conf) {
         Ok(s) => Some(s),
         Err(e) => {
             errors.push(e);
             None
         }
     };
-    let addrs: Vec<IpAddr> = match store.as_ref().map(|s| s.get(cid, ifname)) {
+    // Its endpoints: those at the addresses IPAM holds for it, and any whose record names it
+    // (an address IPAM no longer holds, e.g. after an interrupted DEL).
+    let mut addrs: BTreeSet<IpAddr> = match store.as_ref().map(|s| s.get(cid, ifname)) {
         Some(Ok(a)) => a.into_iter().map(|a| a.addr).collect(),
         Some(Err(e)) => {
             errors.push(e.into());
-            Vec::new()
+            BTreeSet::new()
         }
-        None => Vec::new(),
+        None => BTreeSet::new(),
     };
-    if !addrs.is_empty() {
-        match user::Endpoints::open(&conf.bpffs) {
-            Ok(mut eps) => {
-                for ip in &addrs {
-                    let cookie = eps
-                        .get_meta(*ip)
-                        .map(|m| m.netns_cookie)
-                        .filter(|c| *c != 0);
-                    if let (Some(c), Ok(mut ns)) = (cookie, user::PodNamespaces::open(&conf.bpffs))
-                    {
-                        if let Err(e) = ns.remove(c) {
-                            errors.push(dp_err("remove pod namespace", e));
-                        }
-                    }
-                    if let Err(e) = eps.remove(*ip) {
-                        errors.push(dp_err("remove endpoint", e));
-                    }
-                }
+    match user::Endpoints::open(&conf.bpffs) {
+        Ok(mut eps) => {
+            match eps.list() {
+                Ok(list) => addrs.extend(
+                    list.iter()
+                        .filter(|e| e.is_for(cid, ifname))
+                        .map(|e| e.addr),
+                ),
+                Err(e) => errors.push(dp_err("list endpoints", e)),
             }
-            // No datapath was ever loaded here: nothing to remove.
-            Err(e) if e.is_not_found() => {}
-            Err(e) => errors.push(dp_err("open endpoint maps", e)),
+            for ip in &addrs {
+                remove_endpoint(conf, &mut eps, *ip, errors);
+            }
+        }
+        // No datapath was ever loaded here: nothing to remove.
+        Err(e) if e.is_not_found() => {}
+        Err(e) => errors.push(dp_err("open endpoint maps", e)),
+    }
+    delete_host_veth(&host_veth_name(cid, ifname), errors);
+    if let Some(store) = store {
+        if let Err(e) = store.release(cid, ifname) {
+            errors.push(e.into());
         }
     }
-    let host = host_veth_name(cid, ifname);
+}
+
+/// Removes the endpoint at `ip` and its pod namespace's registration.
+fn remove_endpoint(
+    conf: &NetConf,
+    eps: &mut user::Endpoints,
+    ip: IpAddr,
+    errors: &mut Vec<CniError>,
+) {
+    let cookie = eps.get_meta(ip).map(|m| m.netns_cookie).filter(|c| *c != 0);
+    if let (Some(c), Ok(mut ns)) = (cookie, user::PodNamespaces::open(&conf.bpffs)) {
+        if let Err(e) = ns.remove(c) {
+            errors.push(dp_err("remove pod namespace", e));
+        }
+    }
+    if let Err(e) = eps.remove(ip) {
+        errors.push(dp_err("remove endpoint", e));
+    }
+}
+
+/// Deletes the host veth `name` if it exists.
+fn delete_host_veth(name: &str, errors: &mut Vec<CniError>) {
     match Netlink::new().and_then(|nl| {
-        if let Some(l) = nl.link(&host)? {
-            match nl.delete_link(l.index, &host) {
+        if let Some(l) = nl.link(name)? {
+            match nl.delete_link(l.index, name) {
                 Err(e) if e.errno() == Some(libc::ENODEV) => {}
                 other => other?,
             }
@@ -440,11 +490,6 @@ fn teardown(conf: &NetConf, cid: &str, ifname: &str, errors: &mut Vec<CniError>)
     }) {
         Ok(()) => {}
         Err(e) => errors.push(nl_err(e)),
-    }
-    if let Some(store) = store {
-        if let Err(e) = store.release(cid, ifname) {
-            errors.push(e.into());
-        }
     }
 }
 
@@ -488,7 +533,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .collect();
 
     // IPAM still holds the addresses for this attachment.
-    let held: Vec<IpAddr> = ipam_store(conf)?
+    let held: Vec<IpAddr> = ipam_records(conf)?
         .get(cid, ifname)?
         .into_iter()
         .map(|a| a.addr)
@@ -548,8 +593,9 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         if let Some(m) = &want_mac {
             if !m.eq_ignore_ascii_case(&mac_string(l.mac)) {
                 return Err(fail(format!(
-                    "{ifname} has MAC {}, expected {m}",
-                    mac_string(l.mac)
+                    "{ifname} has MAC {}, expected {}",
+                    mac_string(l.mac),
+                    crate::error::quote(m)
                 )));
             }
         }
@@ -600,49 +646,48 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let Some(valid) = &conf.valid_attachments else {
         return Ok(());
     };
+    // Attachments are compared whole: IPAM records keep the full container id, and an
+    // endpoint record compares in its own form (`EndpointRecord::is_for`), so no id of any
+    // length is taken for another.
     let keep: HashSet<(&str, &str)> = valid
         .iter()
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();
     let mut errors = Vec::new();
-    let is_stale = |cid: &str, ifname: &str| !keep.contains(&(cid, ifname));
     let mut stale: BTreeSet<(String, String)> = BTreeSet::new();
-    if !conf.pod_cidrs.is_empty() {
-        match ipam_store(conf).and_then(|s| s.list().map_err(CniError::from)) {
-            Ok(allocs) => stale.extend(
-                allocs
-                    .into_iter()
-                    .filter(|a| is_stale(&a.owner.container_id, &a.owner.ifname))
-                    .map(|a| (a.owner.container_id, a.owner.ifname)),
-            ),
-            Err(e) => errors.push(e),
-        }
-    }
-    // Endpoints recorded in the datapath, also those without an IPAM record (an interrupted
-    // ADD): listed once, removed by address after the attachment's teardown.
-    let mut eps = user::Endpoints::open(&conf.bpffs).ok();
-    let mut stale_addrs: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
-    if let Some(list) = eps.as_ref().and_then(|e| e.list().ok()) {
-        for e in list
-            .into_iter()
-            .filter(|e| is_stale(&e.container_id, &e.ifname))
-        {
-            stale_addrs
-                .entry((e.container_id, e.ifname))
-                .or_default()
-                .push(e.addr);
-        }
-    }
-    stale.extend(stale_addrs.keys().cloned());
-    for id in &stale {
-        teardown(conf, &id.0, &id.1, &mut errors);
-        if let (Some(eps), Some(addrs)) = (eps.as_mut(), stale_addrs.get(id)) {
-            for addr in addrs {
-                if let Err(err) = eps.remove(*addr) {
-                    errors.push(dp_err("remove endpoint", err));
+    let mut owned: HashSet<IpAddr> = HashSet::new();
+    match ipam_records(conf).and_then(|s| s.list().map_err(CniError::from)) {
+        Ok(allocs) => {
+            for a in allocs {
+                owned.insert(a.addr);
+                if !keep.contains(&(a.owner.container_id.as_str(), a.owner.ifname.as_str())) {
+                    stale.insert((a.owner.container_id, a.owner.ifname));
                 }
             }
         }
+        Err(e) => errors.push(e),
+    }
+    // Endpoints at an address IPAM holds go with its owner's teardown (or stay with it); the
+    // others (an interrupted ADD or DEL) are judged by their own record.
+    let mut eps = user::Endpoints::open(&conf.bpffs).ok();
+    let mut orphans = Vec::new();
+    if let Some(e) = &eps {
+        match e.list() {
+            Ok(list) => orphans.extend(list.into_iter().filter(|e| {
+                !owned.contains(&e.addr)
+                    && !valid.iter().any(|a| e.is_for(&a.container_id, &a.ifname))
+            })),
+            Err(e) => errors.push(dp_err("list endpoints", e)),
+        }
+    }
+    for (cid, ifname) in &stale {
+        teardown(conf, cid, ifname, &mut errors);
+    }
+    for e in &orphans {
+        if let Some(eps) = eps.as_mut() {
+            remove_endpoint(conf, eps, e.addr, &mut errors);
+        }
+        delete_host_veth(&e.host_veth_name(), &mut errors);
     }
     CniError::from_many(errors).map_or(Ok(()), Err)
 }

@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use serde_json::{json, Map, Value};
 
 use crate::env::{is_valid_id, parse_requested_ip, CniArgs, Command, MacAddr};
-use crate::error::CniError;
+use crate::error::{quote, shown, CniError};
 use crate::result::{decode_result, parse_cidr, CniResult, Dns};
 
 /// The config versions we accept and answer VERSION with (no legacy 0.1.0/0.2.0 results).
@@ -40,8 +40,9 @@ pub struct NetConf {
     pub plugin_type: String,
     /// `mtu`, 68..=65535 (≥ 1280 with an IPv6 pod CIDR); default 1500.
     pub mtu: u32,
-    /// `podCIDRs`, network addresses only; empty unless the agent wrote them (ADD needs them:
-    /// see [`NetConf::require_pod_cidrs`]).
+    /// `podCIDRs`, networks that can hold pods (`ipam::check_pod_cidrs`); empty unless the
+    /// agent wrote them (ADD needs them: see [`NetConf::require_pod_cidrs`]) and for a DEL
+    /// whose config holds invalid ones (DEL needs none).
     pub pod_cidrs: Vec<IpNetwork>,
     /// `stateDir`, default `/run/sluice`.
     pub state_dir: PathBuf,
@@ -135,6 +136,25 @@ impl NetConf {
     /// (6 if not a version string, 1 if unsupported; absent means "0.1.0" as in libcni),
     /// then everything else.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
+        Self::parse_inner(bytes, false)
+    }
+
+    /// [`NetConf::parse`] for `command`. DEL needs only the network name, `cniVersion`,
+    /// `stateDir` and `bpffs` (with the attachment's identity from the environment): a runtime
+    /// retries a failing DEL forever, so a value DEL does not use (`podCIDRs` missing, empty or
+    /// invalid, a bad `mtu`, `prevResult`, …) falls back to its default instead of failing it.
+    pub fn parse_for(bytes: &[u8], command: Command) -> Result<NetConf, CniError> {
+        Self::parse_inner(bytes, command == Command::Del)
+    }
+
+    fn parse_inner(bytes: &[u8], lenient: bool) -> Result<NetConf, CniError> {
+        // A value only some commands use: its error counts unless `lenient`.
+        fn unused<T>(lenient: bool, r: Result<T, CniError>, default: T) -> Result<T, CniError> {
+            match r {
+                Err(_) if lenient => Ok(default),
+                r => r,
+            }
+        }
         let raw: Value = serde_json::from_slice(bytes).map_err(|source| CniError::Decode {
             what: "network config".into(),
             source,
@@ -146,14 +166,20 @@ impl NetConf {
         let name = match obj.get("name") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(malformed(format!("name must be a string, got {other}"))),
+            Some(other) => {
+                return Err(malformed(format!(
+                    "name must be a string, got {}",
+                    shown(other)
+                )))
+            }
         };
         if name.is_empty() {
             return Err(invalid("missing network name"));
         }
         if !is_valid_id(&name) {
             return Err(invalid(format!(
-                "invalid characters found in network name {name:?}"
+                "invalid characters found in network name {}",
+                quote(&name)
             )));
         }
 
@@ -162,7 +188,8 @@ impl NetConf {
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
                 return Err(malformed(format!(
-                    "cniVersion must be a string, got {other}"
+                    "cniVersion must be a string, got {}",
+                    shown(other)
                 )))
             }
         };
@@ -172,7 +199,10 @@ impl NetConf {
             cni_version
         };
         if parse_version(&cni_version).is_none() {
-            return Err(malformed(format!("invalid cniVersion {cni_version:?}")));
+            return Err(malformed(format!(
+                "invalid cniVersion {}",
+                quote(&cni_version)
+            )));
         }
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
             return Err(CniError::IncompatibleVersion {
@@ -182,29 +212,43 @@ impl NetConf {
         }
 
         let plugin_type = match obj.get("type") {
-            Some(Value::String(t)) if !t.is_empty() && !t.contains('/') => t.clone(),
-            None | Some(Value::Null) => return Err(invalid("missing plugin type")),
-            Some(other) => return Err(invalid(format!("invalid plugin type {other}"))),
+            Some(Value::String(t)) if !t.is_empty() && !t.contains('/') => Ok(t.clone()),
+            None | Some(Value::Null) => Err(invalid("missing plugin type")),
+            Some(other) => Err(invalid(format!("invalid plugin type {}", shown(other)))),
         };
+        let plugin_type = unused(lenient, plugin_type, String::new())?;
 
-        let pod_cidrs = parse_pod_cidrs(obj.get("podCIDRs"))?;
-        let mtu = parse_mtu(obj.get("mtu"), &pod_cidrs)?;
+        let pod_cidrs = unused(lenient, parse_pod_cidrs(obj.get("podCIDRs")), Vec::new())?;
+        let mtu = unused(lenient, parse_mtu(obj.get("mtu"), &pod_cidrs), DEFAULT_MTU)?;
         let gateway = match obj.get("gateway") {
-            None | Some(Value::Null) => DEFAULT_GATEWAY,
+            None | Some(Value::Null) => Ok(DEFAULT_GATEWAY),
             Some(Value::String(s)) => s
                 .parse()
-                .map_err(|_| invalid(format!("gateway: invalid address {s:?}")))?,
-            Some(other) => return Err(invalid(format!("gateway must be a string, got {other}"))),
+                .map_err(|_| invalid(format!("gateway: invalid address {}", quote(s)))),
+            Some(other) => Err(invalid(format!(
+                "gateway must be a string, got {}",
+                shown(other)
+            ))),
         };
-        let dns = Dns::from_json(obj.get("dns").unwrap_or(&Value::Null)).map_err(invalid)?;
+        let gateway = unused(lenient, gateway, DEFAULT_GATEWAY)?;
+        if let Some(c) = pod_cidrs.iter().find(|c| c.contains(gateway)) {
+            return Err(invalid(format!(
+                "the gateway {gateway} is inside pod CIDR {c}: it must be an address no pod gets"
+            )));
+        }
+        let dns = Dns::from_json(obj.get("dns").unwrap_or(&Value::Null)).map_err(invalid);
+        let dns = unused(lenient, dns, Dns::default())?;
 
         let prev_result = match obj.get("prevResult") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(decode_result(v).map_err(|reason| CniError::Malformed {
-                what: "prevResult".into(),
-                reason,
-            })?),
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => decode_result(v)
+                .map(Some)
+                .map_err(|reason| CniError::Malformed {
+                    what: "prevResult".into(),
+                    reason,
+                }),
         };
+        let prev_result = unused(lenient, prev_result, None)?;
 
         Ok(NetConf {
             cni_version,
@@ -214,13 +258,21 @@ impl NetConf {
             pod_cidrs,
             state_dir: abs_path(obj, "stateDir")?.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             bpffs: abs_path(obj, "bpffs")?.unwrap_or_else(|| DEFAULT_BPFFS.into()),
-            log_file: abs_path(obj, "logFile")?,
+            log_file: unused(lenient, abs_path(obj, "logFile"), None)?,
             gateway,
             dns,
-            runtime_config: parse_runtime_config(obj.get("runtimeConfig"))?,
-            args: parse_conf_args(obj.get("args"))?,
+            runtime_config: unused(
+                lenient,
+                parse_runtime_config(obj.get("runtimeConfig")),
+                RuntimeConfig::default(),
+            )?,
+            args: unused(
+                lenient,
+                parse_conf_args(obj.get("args")),
+                ConfArgs::default(),
+            )?,
             prev_result,
-            valid_attachments: parse_attachments(obj)?,
+            valid_attachments: unused(lenient, parse_attachments(obj), None)?,
             raw,
         })
     }
@@ -300,29 +352,29 @@ pub fn version_ge(version: &str, min: &str) -> bool {
     matches!((parse_version(version), parse_version(min)), (Some(v), Some(m)) if v >= m)
 }
 
+/// `podCIDRs`: CIDR strings, each one a network that can hold pods and none overlapping
+/// another (the check the agent applies too: [`ipam::check_pod_cidrs`]).
 fn parse_pod_cidrs(v: Option<&Value>) -> Result<Vec<IpNetwork>, CniError> {
     let items = match v {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
-        Some(other) => return Err(invalid(format!("podCIDRs must be an array, got {other}"))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "podCIDRs must be an array, got {}",
+                shown(other)
+            )))
+        }
     };
-    items
+    let nets = items
         .iter()
         .map(|item| {
-            let net = item
-                .as_str()
+            item.as_str()
                 .and_then(parse_cidr)
-                .ok_or_else(|| invalid(format!("podCIDRs: invalid CIDR {item}")))?;
-            if net.ip() != net.network() {
-                return Err(invalid(format!(
-                    "podCIDRs: {net} has host bits set (network is {}/{})",
-                    net.network(),
-                    net.prefix()
-                )));
-            }
-            Ok(net)
+                .ok_or_else(|| invalid(format!("podCIDRs: invalid CIDR {}", shown(item))))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    ipam::check_pod_cidrs(&nets, &[]).map_err(|e| invalid(format!("podCIDRs: {e}")))?;
+    Ok(nets)
 }
 
 fn parse_mtu(v: Option<&Value>, pod_cidrs: &[IpNetwork]) -> Result<u32, CniError> {
@@ -332,7 +384,7 @@ fn parse_mtu(v: Option<&Value>, pod_cidrs: &[IpNetwork]) -> Result<u32, CniError
             .as_u64()
             .and_then(|m| u32::try_from(m).ok())
             .filter(|m| (68..=65535).contains(m))
-            .ok_or_else(|| invalid(format!("mtu {v} out of range 68..=65535")))?,
+            .ok_or_else(|| invalid(format!("mtu {} out of range 68..=65535", shown(v))))?,
     };
     // IPv6 requires every link to carry 1280-byte packets (RFC 8200 §5).
     if mtu < 1280 && pod_cidrs.iter().any(IpNetwork::is_ipv6) {
@@ -348,7 +400,8 @@ fn abs_path(obj: &Map<String, Value>, key: &str) -> Result<Option<PathBuf>, CniE
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.starts_with('/') => Ok(Some(PathBuf::from(s))),
         Some(other) => Err(invalid(format!(
-            "{key} must be an absolute path, got {other}"
+            "{key} must be an absolute path, got {}",
+            shown(other)
         ))),
     }
 }
@@ -373,7 +426,10 @@ fn opt_object<'a>(
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
-        Some(other) => Err(invalid(format!("{what} must be an object, got {other}"))),
+        Some(other) => Err(invalid(format!(
+            "{what} must be an object, got {}",
+            shown(other)
+        ))),
     }
 }
 
@@ -381,13 +437,13 @@ fn ip_list(v: Option<&Value>, what: &str) -> Result<Vec<IpAddr>, CniError> {
     let Some(v) = v else { return Ok(Vec::new()) };
     let items = v
         .as_array()
-        .ok_or_else(|| invalid(format!("{what} must be an array, got {v}")))?;
+        .ok_or_else(|| invalid(format!("{what} must be an array, got {}", shown(v))))?;
     items
         .iter()
         .map(|item| {
             item.as_str()
                 .and_then(parse_requested_ip)
-                .ok_or_else(|| invalid(format!("{what}: invalid address {item}")))
+                .ok_or_else(|| invalid(format!("{what}: invalid address {}", shown(item))))
         })
         .collect()
 }
@@ -399,7 +455,10 @@ fn mac(v: Option<&Value>, what: &str) -> Result<Option<MacAddr>, CniError> {
         Some(Value::String(s)) => MacAddr::parse(s)
             .map(Some)
             .map_err(|e| invalid(format!("{what}: {e}"))),
-        Some(other) => Err(invalid(format!("{what} must be a string, got {other}"))),
+        Some(other) => Err(invalid(format!(
+            "{what} must be a string, got {}",
+            shown(other)
+        ))),
     }
 }
 
@@ -415,7 +474,8 @@ fn parse_runtime_config(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
             .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(invalid(format!(
-                "runtimeConfig.portMappings must be an array, got {other}"
+                "runtimeConfig.portMappings must be an array, got {}",
+                shown(other)
             )))
         }
     };
@@ -427,9 +487,12 @@ fn parse_runtime_config(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
 }
 
 fn parse_port_mapping(v: &Value) -> Result<PortMapping, CniError> {
-    let m = v
-        .as_object()
-        .ok_or_else(|| invalid(format!("runtimeConfig.portMappings[]: not an object: {v}")))?;
+    let m = v.as_object().ok_or_else(|| {
+        invalid(format!(
+            "runtimeConfig.portMappings[]: not an object: {}",
+            shown(v)
+        ))
+    })?;
     let port = |key: &str| {
         get_ci(m, key)
             .and_then(Value::as_u64)
@@ -437,7 +500,8 @@ fn parse_port_mapping(v: &Value) -> Result<PortMapping, CniError> {
             .filter(|p| *p != 0)
             .ok_or_else(|| {
                 invalid(format!(
-                    "runtimeConfig.portMappings[]: {key} must be 1-65535 in {v}"
+                    "runtimeConfig.portMappings[]: {key} must be 1-65535 in {}",
+                    shown(v)
                 ))
             })
     };
@@ -456,7 +520,8 @@ fn parse_port_mapping(v: &Value) -> Result<PortMapping, CniError> {
         },
         Some(other) => {
             return Err(invalid(format!(
-                "runtimeConfig.portMappings[]: protocol must be a string, got {other}"
+                "runtimeConfig.portMappings[]: protocol must be a string, got {}",
+                shown(other)
             )))
         }
     };
@@ -465,12 +530,14 @@ fn parse_port_mapping(v: &Value) -> Result<PortMapping, CniError> {
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => Some(s.parse().map_err(|_| {
             invalid(format!(
-                "runtimeConfig.portMappings[]: invalid hostIP {s:?}"
+                "runtimeConfig.portMappings[]: invalid hostIP {}",
+                quote(s)
             ))
         })?),
         Some(other) => {
             return Err(invalid(format!(
-                "runtimeConfig.portMappings[]: hostIP must be a string, got {other}"
+                "runtimeConfig.portMappings[]: hostIP must be a string, got {}",
+                shown(other)
             )))
         }
     };
@@ -503,7 +570,12 @@ fn parse_attachments(obj: &Map<String, Value>) -> Result<Option<Vec<Attachment>>
         let items = match obj.get(key) {
             None | Some(Value::Null) => continue,
             Some(Value::Array(items)) => items,
-            Some(other) => return Err(invalid(format!("{key} must be an array, got {other}"))),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "{key} must be an array, got {}",
+                    shown(other)
+                )))
+            }
         };
         let set = found.get_or_insert_with(BTreeSet::new);
         for item in items {
@@ -521,7 +593,12 @@ fn parse_attachments(obj: &Map<String, Value>) -> Result<Option<Vec<Attachment>>
                         ifname,
                     });
                 }
-                _ => return Err(invalid(format!("{key}: invalid attachment {item}"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "{key}: invalid attachment {}",
+                        shown(item)
+                    )))
+                }
             }
         }
     }

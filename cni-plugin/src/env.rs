@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::error::CniError;
+use crate::error::{quote, CniError};
 
 /// The six CNI operations (`CNI_COMMAND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,7 +192,7 @@ fn validate_container_id(id: &str) -> Result<(), CniError> {
     }
     Err(CniError::InvalidEnvValue {
         var: "CNI_CONTAINERID".to_owned(),
-        reason: format!("invalid characters in containerID {id:?}"),
+        reason: format!("invalid characters in containerID {}", quote(id)),
     })
 }
 
@@ -201,14 +201,20 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
     let reason = if name.is_empty() {
         "interface name is empty".to_owned()
     } else if name.len() > MAX_IFNAME_LEN {
-        format!("interface name {name:?} is longer than {MAX_IFNAME_LEN} bytes")
+        format!(
+            "interface name {} is longer than {MAX_IFNAME_LEN} bytes",
+            quote(name)
+        )
     } else if name == "." || name == ".." {
-        format!("interface name {name:?} is . or ..")
+        format!("interface name {} is . or ..", quote(name))
     } else if name
         .chars()
         .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        format!("interface name {name:?} contains / or : or whitespace")
+        format!(
+            "interface name {} contains / or : or whitespace",
+            quote(name)
+        )
     } else {
         return Ok(());
     };
@@ -235,10 +241,10 @@ impl MacAddr {
                     && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok()
             });
         if !well_formed {
-            return Err(format!("invalid MAC address {s:?}"));
+            return Err(format!("invalid MAC address {}", quote(s)));
         }
         if bytes[0] & 1 == 1 || bytes == [0; 6] {
-            return Err(format!("MAC address {s:?} is not a unicast address"));
+            return Err(format!("MAC address {} is not a unicast address", quote(s)));
         }
         Ok(MacAddr(bytes))
     }
@@ -302,7 +308,7 @@ impl CniArgs {
         match malformed {
             Some(pair) if !args.ignore_unknown => Err(CniError::InvalidEnvValue {
                 var: "CNI_ARGS".to_owned(),
-                reason: format!("invalid pair {pair:?}"),
+                reason: format!("invalid pair {}", quote(pair)),
             }),
             _ => Ok(args),
         }
@@ -334,7 +340,8 @@ impl CniArgs {
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(|s| {
-                        parse_requested_ip(s).ok_or_else(|| format!("IP: invalid address {s:?}"))
+                        parse_requested_ip(s)
+                            .ok_or_else(|| format!("IP: invalid address {}", quote(s)))
                     })
                     .collect::<Result<_, _>>()?;
             }

@@ -13,6 +13,50 @@ use crate::env::Command;
 /// The boxed cause carried by errors that wrap another library's error.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// How many bytes of a value an error message quotes. Values come from stdin and the
+/// environment, which a runtime (or a fuzzer) may fill with megabytes; an error must stay a
+/// line an operator can read, so longer values are cut and their length given.
+pub const MAX_QUOTED: usize = 128;
+
+/// The first `MAX_QUOTED` bytes of `s` (at a character boundary) and whether it was cut.
+fn head(s: &str) -> (&str, bool) {
+    if s.len() <= MAX_QUOTED {
+        return (s, false);
+    }
+    let mut end = MAX_QUOTED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+/// A string quoted for an error message, as `{s:?}` would, but bounded:
+/// `"abc…" (67108864 bytes)` when longer than [`MAX_QUOTED`].
+pub fn quote(s: &str) -> String {
+    match head(s) {
+        (h, false) => format!("{h:?}"),
+        (h, true) => format!("{h:?}… ({} bytes)", s.len()),
+    }
+}
+
+/// `s` as is when short, else its first [`MAX_QUOTED`] bytes, `…` and its length (for log
+/// lines, where values are not quoted).
+pub fn clip(s: &str) -> String {
+    match head(s) {
+        (h, false) => h.to_owned(),
+        (h, true) => format!("{h}…({} bytes)", s.len()),
+    }
+}
+
+/// A JSON value for an error message (its compact text), bounded like [`quote`].
+pub fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    match head(&text) {
+        (h, false) => h.to_owned(),
+        (h, true) => format!("{h}… ({} bytes)", text.len()),
+    }
+}
+
 /// Everything that can make a CNI command fail.
 ///
 /// Codes 1–51 are the spec's; 100 and up are Sluice's own (documented per variant).
@@ -28,10 +72,10 @@ pub enum CniError {
     #[error("config version does not allow {command}")]
     CommandNotAllowed { command: Command, version: String },
     /// Code 2: a config field has a value we do not implement.
-    #[error("unsupported value {value:?} for field {field}")]
+    #[error("unsupported value {} for field {field}", quote(value))]
     UnsupportedField { field: String, value: String },
     /// Code 3: the container is unknown; the runtime need not clean up.
-    #[error("container {container_id} is unknown")]
+    #[error("container {} is unknown", quote(container_id))]
     ContainerUnknown { container_id: String },
     /// Code 4: required environment variables are missing or empty (Go skel wording).
     #[error("required env variables [{}] missing", vars.join(","))]
@@ -40,7 +84,7 @@ pub enum CniError {
     #[error("invalid {var}: {reason}")]
     InvalidEnvValue { var: String, reason: String },
     /// Code 4: `CNI_COMMAND` is not one of the six commands (Go skel wording).
-    #[error("unknown CNI_COMMAND: {command}")]
+    #[error("unknown CNI_COMMAND: {}", clip(command))]
     UnknownCommand { command: String },
     /// Code 5: an I/O operation failed; `what` is a verb phrase ("read stdin").
     #[error("failed to {what}")]
@@ -59,6 +103,9 @@ pub enum CniError {
     /// Code 6: JSON that decodes but has the wrong shape (bad version string, bad prevResult).
     #[error("failed to decode {what}: {reason}")]
     Malformed { what: String, reason: String },
+    /// Code 7: stdin is larger than the plugin reads (see `MAX_STDIN`).
+    #[error("invalid network config: stdin is larger than {limit} bytes")]
+    InputTooLarge { limit: usize },
     /// Code 7: the network config fails validation.
     #[error("invalid network config: {reason}")]
     InvalidConfig { reason: String },
@@ -139,7 +186,7 @@ impl CniError {
             | CniError::UnknownCommand { .. } => 4,
             CniError::Io { .. } => 5,
             CniError::Decode { .. } | CniError::Malformed { .. } => 6,
-            CniError::InvalidConfig { .. } => 7,
+            CniError::InvalidConfig { .. } | CniError::InputTooLarge { .. } => 7,
             CniError::TryAgain { .. } => 11,
             CniError::NotAvailable { .. } => 50,
             CniError::Degraded { .. } => 51,

@@ -195,6 +195,31 @@ impl Netlink {
             .map_err(err("list addresses", index.to_string()))
     }
 
+    /// The networks of every address in this namespace, with the interface holding each
+    /// (`192.0.2.2/24` on `up0` is `("up0", 192.0.2.0/24)`).
+    pub fn networks(&self) -> Result<Vec<(String, ipnetwork::IpNetwork)>> {
+        use netlink_packet_route::address::AddressAttribute;
+        let h = self.handle.clone();
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(async move { h.address().get().execute().try_collect().await })
+            .map_err(err("list addresses", "(all links)"))?;
+        Ok(msgs
+            .iter()
+            .flat_map(|m| {
+                let iface = nix::net::if_::if_indextoname(m.header.index)
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| format!("ifindex {}", m.header.index));
+                m.attributes.iter().filter_map(move |a| match a {
+                    AddressAttribute::Address(ip) => {
+                        ipam::network_of(*ip, m.header.prefix_len).map(|n| (iface.clone(), n))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// `ip route add DST/PREFIX [via GW] dev INDEX [scope link]`.
     pub fn add_route_v4(
         &self,

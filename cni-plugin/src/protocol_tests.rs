@@ -618,3 +618,70 @@ fn version_response_cases() {
         );
     }
 }
+
+/// Test that pod CIDRs that cannot be pod networks are code 7 naming the reason, for every
+/// command but DEL, which falls back to none (it needs no pod CIDR).
+#[test]
+fn config_pod_cidrs_that_cannot_hold_pods() {
+    for (bad, needle) in [
+        (json!(["0.0.0.0/0"]), "covers"),
+        (json!(["127.0.0.0/8"]), "loopback"),
+        (json!(["224.0.0.0/4"]), "multicast"),
+        (json!(["255.255.255.255/32"]), "broadcast"),
+        (json!(["169.254.0.0/16"]), "link-local"),
+        (json!(["10.244.1.0/31"]), "too small"),
+        (json!(["10.0.0.0/16", "10.0.1.0/24"]), "overlap"),
+    ] {
+        let v = with(json!({ "podCIDRs": bad }));
+        let err = conf(v.clone()).unwrap_err();
+        assert_eq!(err.code(), 7, "{bad}");
+        assert!(err.to_string().contains(needle), "{bad}: {err}");
+        let del = NetConf::parse_for(v.to_string().as_bytes(), Command::Del).unwrap();
+        assert!(del.pod_cidrs.is_empty(), "{bad}");
+    }
+    let err = conf(with(
+        json!({"podCIDRs": ["10.0.0.0/24"], "gateway": "10.0.0.1"}),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("gateway"), "{err}");
+}
+
+/// Test that DEL parses a config whose values it does not use are malformed, keeping what it
+/// needs, while the values it needs (name, version, state dir) stay checked.
+#[test]
+fn config_del_ignores_values_it_does_not_use() {
+    let v = with(json!({
+        "type": 5, "mtu": "x", "podCIDRs": {}, "gateway": [], "dns": 1, "prevResult": 2,
+        "runtimeConfig": "x", "args": 3, "logFile": "rel", "cni.dev/valid-attachments": 4,
+        "stateDir": "/tmp/s",
+    }));
+    assert!(conf(v.clone()).is_err());
+    let del = NetConf::parse_for(v.to_string().as_bytes(), Command::Del).unwrap();
+    assert_eq!(del.state_dir, PathBuf::from("/tmp/s"));
+    assert_eq!(del.name, "sluice");
+    for bad in [
+        with(json!({"stateDir": "rel"})),
+        with(json!({"name": 1})),
+        with(json!({"cniVersion": "9.9.9"})),
+    ] {
+        assert!(NetConf::parse_for(bad.to_string().as_bytes(), Command::Del).is_err());
+    }
+}
+
+/// Test that a huge value is quoted in an error cut to 128 bytes, with an ellipsis and its
+/// length, never in full.
+#[test]
+fn config_errors_quote_huge_values_bounded() {
+    let huge = "é".repeat(300_000);
+    for v in [
+        with(json!({ "name": format!("a/{huge}") })),
+        with(json!({ "mtu": huge })),
+        with(json!({ "podCIDRs": [huge] })),
+    ] {
+        let err = conf(v).unwrap_err();
+        let text = err.to_json("1.0.0").to_string();
+        assert!(text.len() < 1024, "{} bytes", text.len());
+        assert!(text.contains("… ("), "{text}");
+        assert!(text.contains(" bytes)"), "{text}");
+    }
+}

@@ -171,7 +171,12 @@ pub(crate) fn decode_result(v: &Value) -> Result<CniResult, String> {
     if let Some(version) = opt_str(obj, "cniVersion")? {
         match parse_version(&version) {
             Some(p) if p >= (0, 3, 0) => {}
-            _ => return Err(format!("unsupported result version {version:?}")),
+            _ => {
+                return Err(format!(
+                    "unsupported result version {}",
+                    crate::error::quote(&version)
+                ))
+            }
         }
     }
     let interfaces = list(obj, "interfaces")?
@@ -244,7 +249,10 @@ pub(crate) fn opt_str(obj: &Map<String, Value>, key: &str) -> Result<Option<Stri
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!("{key} must be a string, got {other}")),
+        Some(other) => Err(format!(
+            "{key} must be a string, got {}",
+            crate::error::shown(other)
+        )),
     }
 }
 
@@ -252,7 +260,10 @@ fn list<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], Strin
     match obj.get(key) {
         None | Some(Value::Null) => Ok(&[]),
         Some(Value::Array(a)) => Ok(a),
-        Some(other) => Err(format!("{key} must be an array, got {other}")),
+        Some(other) => Err(format!(
+            "{key} must be an array, got {}",
+            crate::error::shown(other)
+        )),
     }
 }
 
@@ -261,7 +272,10 @@ pub(crate) fn str_list(obj: &Map<String, Value>, key: &str) -> Result<Vec<String
         .iter()
         .map(|v| match v {
             Value::String(s) => Ok(s.clone()),
-            other => Err(format!("{key}[] must be strings, got {other}")),
+            other => Err(format!(
+                "{key}[] must be strings, got {}",
+                crate::error::shown(other)
+            )),
         })
         .collect()
 }
@@ -273,7 +287,12 @@ fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, String> {
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| format!("{key} must be an unsigned 32-bit integer, got {v}")),
+            .ok_or_else(|| {
+                format!(
+                    "{key} must be an unsigned 32-bit integer, got {}",
+                    crate::error::shown(v)
+                )
+            }),
     }
 }
 
@@ -281,14 +300,14 @@ fn opt_ip(obj: &Map<String, Value>, key: &str) -> Result<Option<IpAddr>, String>
     opt_str(obj, key)?
         .map(|s| {
             s.parse()
-                .map_err(|_| format!("{key}: invalid address {s:?}"))
+                .map_err(|_| format!("{key}: invalid address {}", crate::error::quote(&s)))
         })
         .transpose()
 }
 
 fn req_cidr(obj: &Map<String, Value>, key: &str) -> Result<IpNetwork, String> {
     let s = opt_str(obj, key)?.ok_or_else(|| format!("{key} is required"))?;
-    parse_cidr(&s).ok_or_else(|| format!("{key}: invalid CIDR {s:?}"))
+    parse_cidr(&s).ok_or_else(|| format!("{key}: invalid CIDR {}", crate::error::quote(&s)))
 }
 
 #[cfg(test)]

@@ -158,6 +158,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     };
     let uplink_ifindex = node::ifindex(&uplink)?;
     let node_ip = node::iface_ipv4(&uplink)?;
+    // The same check the CNI plugin makes on its podCIDRs, plus the uplink's networks.
+    ipam::check_pod_cidrs(&pod_cidrs, &node::iface_networks(&uplink)?)
+        .context("refusing the pod CIDR (--pod-cidr or the Node's spec.podCIDRs)")?;
     let mtu = match s.mtu {
         Some(m) => m,
         None => node::mtu(&uplink)?,

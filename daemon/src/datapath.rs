@@ -284,7 +284,7 @@ impl Datapath {
         let eps = user::Endpoints::open(&self.bpffs)?;
         let (mut ok, mut missing) = (0, 0);
         for ep in eps.list()? {
-            let expected = user::host_veth_name(&ep.container_id, &ep.ifname);
+            let expected = ep.host_veth_name();
             match nix::net::if_::if_indextoname(ep.value.ifindex) {
                 Ok(name) if name.to_string_lossy() == expected => {
                     user::attach_pinned_tc(&self.bpffs, pins::PROG_FROM_POD, &expected, true)?;

@@ -35,6 +35,32 @@ pub fn iface_ipv4(iface: &str) -> anyhow::Result<Ipv4Addr> {
     bail!("interface {iface} has no IPv4 address (masquerade needs one)")
 }
 
+/// The networks of `iface`'s addresses (`192.0.2.2/24` → `192.0.2.0/24`), named by `iface`.
+pub fn iface_networks(iface: &str) -> anyhow::Result<Vec<(String, ipnetwork::IpNetwork)>> {
+    let addrs = nix::ifaddrs::getifaddrs().context("list interface addresses")?;
+    let prefix = |mask: &nix::sys::socket::SockaddrStorage| {
+        if let Some(m) = mask.as_sockaddr_in() {
+            Some(u32::from(m.ip()).count_ones() as u8)
+        } else {
+            mask.as_sockaddr_in6()
+                .map(|m| u128::from(m.ip()).count_ones() as u8)
+        }
+    };
+    Ok(addrs
+        .filter(|a| a.interface_name == iface)
+        .filter_map(|a| {
+            let addr = a.address.as_ref()?;
+            let ip: std::net::IpAddr = match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+                (Some(v4), _) => v4.ip().into(),
+                (_, Some(v6)) => v6.ip().into(),
+                _ => return None,
+            };
+            let net = ipam::network_of(ip, prefix(a.netmask.as_ref()?)?)?;
+            Some((iface.to_string(), net))
+        })
+        .collect())
+}
+
 /// ifindex of `iface`.
 pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
     nix::net::if_::if_nametoindex(iface).with_context(|| format!("interface {iface} not found"))

@@ -65,21 +65,53 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
     })
 }
 
+/// FNV-1a 64 offset basis and prime.
+const FNV_BASIS: u64 = 0xcbf29ce484222325;
+const FNV_PRIME: u64 = 0x100000001b3;
+
+fn fnv1a(mut h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
 /// The host-side veth name of an attachment: `sl` + 13 hex digits of a 64-bit FNV-1a hash of
 /// `container_id/ifname` — deterministic (DEL and GC find it from the attachment alone) and
 /// exactly 15 characters, the kernel's limit.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    use std::format;
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in container_id
-        .bytes()
-        .chain(std::iter::once(b'/'))
-        .chain(ifname.bytes())
-    {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
+    veth_name_from(fnv1a(FNV_BASIS, container_id.bytes()), ifname)
+}
+
+/// [`host_veth_name`] from the FNV-1a state after the container id.
+fn veth_name_from(id_hash: u64, ifname: &str) -> String {
+    let h = fnv1a(id_hash, core::iter::once(b'/').chain(ifname.bytes()));
+    std::format!("sl{:013x}", h >> 12)
+}
+
+/// Bytes of a long container id kept verbatim in its digest form.
+const ID_DIGEST_PREFIX: usize = 120 - 1 - 16;
+
+/// How an endpoint record stores a container id: verbatim when it fits the record's 120
+/// bytes, else its first 103 bytes, `~` and the 16 hex digits of the id's FNV-1a 64 hash.
+/// CNI ids match `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$` with no length limit, so `~` never occurs
+/// in one: a digest is never mistaken for an id, two ids compare equal in this form only if
+/// they are equal (or collide in 64 bits and share 103 bytes), and the hash is the state
+/// [`host_veth_name`] continues from, so the veth name follows from the record alone.
+pub fn meta_container_id(container_id: &str) -> String {
+    if container_id.len() <= 120 {
+        return container_id.into();
     }
-    format!("sl{:013x}", h >> 12)
+    let mut end = ID_DIGEST_PREFIX;
+    while !container_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::format!(
+        "{}~{:016x}",
+        &container_id[..end],
+        fnv1a(FNV_BASIS, container_id.bytes())
+    )
 }
 
 /// One local endpoint as recorded in the maps.
@@ -92,6 +124,27 @@ pub struct EndpointRecord {
     pub namespace: String,
     pub name: String,
     pub netns_cookie: u64,
+}
+
+impl EndpointRecord {
+    /// Whether this endpoint belongs to the attachment `(container_id, ifname)` (compared in
+    /// the record's form, [`meta_container_id`]).
+    pub fn is_for(&self, container_id: &str, ifname: &str) -> bool {
+        self.ifname == ifname && self.container_id == meta_container_id(container_id)
+    }
+
+    /// The host veth name of this endpoint's attachment ([`host_veth_name`]), also when the
+    /// record holds a long id's digest.
+    pub fn host_veth_name(&self) -> String {
+        let digest = self
+            .container_id
+            .split_once('~')
+            .and_then(|(_, h)| u64::from_str_radix(h, 16).ok());
+        match digest {
+            Some(h) => veth_name_from(h, &self.ifname),
+            None => host_veth_name(&self.container_id, &self.ifname),
+        }
+    }
 }
 
 /// The endpoint maps (`SL_EP_V1` + `SL_EPMETA_V1`).
@@ -231,7 +284,8 @@ pub fn mac_string(m: [u8; 6]) -> String {
     )
 }
 
-/// Builds an endpoint's metadata record.
+/// Builds an endpoint's metadata record (a container id longer than the record's field is
+/// stored in the form of [`meta_container_id`]).
 pub fn endpoint_meta(
     container_id: &str,
     ifname: &str,
@@ -241,7 +295,7 @@ pub fn endpoint_meta(
 ) -> endpoint::Meta {
     endpoint::Meta {
         netns_cookie,
-        container_id: crate::addr::fixed_bytes(container_id.as_bytes()),
+        container_id: crate::addr::fixed_bytes(meta_container_id(container_id).as_bytes()),
         ifname: crate::addr::fixed_bytes(ifname.as_bytes()),
         namespace: crate::addr::fixed_bytes(namespace.as_bytes()),
         name: crate::addr::fixed_bytes(name.as_bytes()),
@@ -435,4 +489,57 @@ pub fn pod_isolation_flags(bpffs: &Path, namespace: &str, name: &str) -> u32 {
         flags |= endpoint::FLAG_ISOLATED_EGRESS;
     }
     flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    fn record(container_id: &str) -> EndpointRecord {
+        let meta = endpoint_meta(container_id, "eth0", "default", "web", 7);
+        EndpointRecord {
+            addr: std::net::IpAddr::from([10, 244, 1, 2]),
+            value: endpoint::Value {
+                ifindex: 1,
+                flags: 0,
+                pod_mac: [0; 6],
+                host_mac: [0; 6],
+            },
+            container_id: text(&meta.container_id),
+            ifname: text(&meta.ifname),
+            namespace: text(&meta.namespace),
+            name: text(&meta.name),
+            netns_cookie: meta.netns_cookie,
+        }
+    }
+
+    /// Test that an endpoint record identifies its attachment exactly for container ids of
+    /// every length the CNI spec allows (no limit): short ids verbatim, ids past the 120-byte
+    /// field by digest, two long ids sharing 120 bytes told apart, and the host veth name
+    /// recovered from the record alone.
+    #[test]
+    fn endpoint_record_identifies_ids_of_any_length() {
+        let base = "a0_.-Z".repeat(40);
+        for len in [1, 64, 119, 120, 121, 200, 4096, 131_000] {
+            let id: String = base.chars().cycle().take(len).collect();
+            let r = record(&id);
+            assert!(r.is_for(&id, "eth0"), "len {len}");
+            assert!(!r.is_for(&id, "eth1"), "len {len}");
+            assert_eq!(r.host_veth_name(), host_veth_name(&id, "eth0"), "len {len}");
+            let other = std::format!("{id}x");
+            assert!(!r.is_for(&other, "eth0"), "len {len}");
+            if len <= 120 {
+                assert_eq!(r.container_id, id);
+            } else {
+                assert_eq!(r.container_id.len(), 120);
+                assert!(!r.is_for(&id[..120], "eth0"), "len {len}");
+            }
+        }
+        let a = std::format!("{}{}", "b".repeat(120), "1");
+        let b = std::format!("{}{}", "b".repeat(120), "2");
+        assert!(record(&a).is_for(&a, "eth0") && !record(&a).is_for(&b, "eth0"));
+        assert_ne!(record(&a).host_veth_name(), record(&b).host_veth_name());
+        assert_eq!(meta_container_id("abc"), "abc".to_string());
+    }
 }

@@ -12,6 +12,7 @@
 //! namespaces. Addresses are documentation ranges.
 
 pub mod bench;
+pub mod cnirun;
 pub mod netns;
 pub mod node;
 pub mod progtest;

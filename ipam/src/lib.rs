@@ -26,6 +26,7 @@
 
 mod disk;
 mod error;
+mod podcidr;
 mod range;
 mod store;
 
@@ -35,6 +36,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
+pub use podcidr::{check_pod_cidr, check_pod_cidrs, network_of, PodCidrError};
 pub use store::Store;
 
 /// The identity of a container attachment: one interface of one container.

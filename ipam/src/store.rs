@@ -84,11 +84,30 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store in `dir` without ranges, for what needs only the allocation files:
+    /// [`Store::release`], [`Store::get`], [`Store::list`] and [`Store::gc`] (CNI DEL must
+    /// work whatever the configured ranges are, even none). [`Store::allocate`] fails.
+    pub fn open_unranged(dir: impl Into<PathBuf>) -> Result<Store, Error> {
+        let store = Store {
+            dir: dir.into(),
+            ranges: Vec::new(),
+            allocatable: Vec::new(),
+            reserved: BTreeSet::new(),
+        };
+        store.remove_leftover_temps()?;
+        Ok(store)
+    }
+
     /// Allocates one address per range to `owner`. `requested` lists addresses the caller wants
     /// (at most one per range, each usable and free); the other ranges get the next free
     /// address after the last one handed out, wrapping around. Creates the directory (0700)
     /// if needed. On any error nothing allocated by this call stays allocated.
     pub fn allocate(&self, owner: &Owner, requested: &[IpAddr]) -> Result<Vec<Allocation>, Error> {
+        if self.ranges.is_empty() {
+            return Err(Error::InvalidRanges {
+                reason: "no range configured".to_string(),
+            });
+        }
         let wanted = self.match_requests(requested)?;
         disk::ensure_dir(&self.dir)?;
         let lock = disk::lock(&self.dir, true)?;

@@ -528,3 +528,23 @@ fn directory_and_files_are_root_only() {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
     }
 }
+
+/// Test that a store opened without ranges finds, lists and releases what a ranged store
+/// allocated (CNI DEL needs no pod CIDR), and refuses to allocate.
+#[test]
+fn unranged_store_releases_but_never_allocates() {
+    let (_tmp, dir) = store_dir();
+    let long_id = format!("a{}", "b.-_9".repeat(2000));
+    let a = open(&dir, &["10.244.1.0/24"])
+        .allocate(&owner(&long_id), &[])
+        .unwrap();
+    let bare = Store::open_unranged(&dir).unwrap();
+    assert_eq!(addrs(&bare.get(&long_id, "eth0").unwrap()), addrs(&a));
+    assert_eq!(bare.list().unwrap()[0].owner.container_id, long_id);
+    assert!(matches!(
+        bare.allocate(&owner("c2"), &[]),
+        Err(Error::InvalidRanges { .. })
+    ));
+    assert_eq!(bare.release(&long_id, "eth0").unwrap(), addrs(&a));
+    assert!(bare.list().unwrap().is_empty());
+}
