@@ -250,6 +250,7 @@ impl Datapath {
         }
         attach_sockmap(&mut ebpf, bpffs, sockops_cgroup)?;
         attach_sock_lb(&mut ebpf, bpffs, lb_cgroup)?;
+        remove_retired_maps(&maps_dir)?;
         // Maps and programs stay alive through their pins; the loader's fds can go.
         drop(ebpf);
         Ok(Self {
@@ -290,6 +291,23 @@ impl Datapath {
         }
         Ok((ok, missing))
     }
+}
+
+/// Removes the pins of maps whose layout this agent replaced (`flow::RETIRED_MAPS`): the
+/// programs pinned now use the new maps, and the old maps live only as long as a program of
+/// the old agent still attached to a veth (until `reattach_endpoints` replaces it). Their flows
+/// are not carried over: connections through masquerade or TC Service translation open at the
+/// upgrade start again (as after a conntrack flush).
+fn remove_retired_maps(maps_dir: &Path) -> anyhow::Result<()> {
+    for name in datapath_common::flow::RETIRED_MAPS {
+        let pin = maps_dir.join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => tracing::info!(map = name, "removed the pin of a retired map layout"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", pin.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the node configuration into the pinned `SL_CFG_V1` of `bpffs` (at load, and when

@@ -12,6 +12,7 @@ extern crate std;
 pub mod addr;
 pub mod config;
 pub mod endpoint;
+pub mod flow;
 pub mod metrics;
 pub mod nat;
 pub mod pins;
@@ -32,6 +33,7 @@ user_pod!(
     config::NodeConfig,
     endpoint::Value,
     endpoint::Meta,
+    flow::Life,
     metrics::Counter,
     nat::Tuple,
     nat::Binding,

@@ -28,9 +28,15 @@ pub const SOCK_REV_MAP_NAME: &str = "SL_SKREV_V1";
 /// Per-service counters (per CPU), indexed by service id: connections (socket hooks) or
 /// packets (TC) in `packets`.
 pub const COUNTER_MAP_NAME: &str = "SL_SVCCNT_V1";
-/// TC-level translation state (LRU), both directions: the tuple as a packet arrives →
-/// the tuple to rewrite it to.
-pub const CT_MAP_NAME: &str = "SL_LBCT_V1";
+/// TC-level translation state, both directions: the tuple as a packet arrives → the tuple to
+/// rewrite it to ([`Xlate`]). Lifetime as conntrack's (see [`crate::flow`]): each entry
+/// records its direction's packets; the agent's collector deletes both entries of a flow
+/// together 10 s after a TCP close (FIN both ways or RST), UDP after 30 s idle (120 s once
+/// answered), TCP after 6 h idle. A client's SYN on a closed flow chooses again; a SYN that
+/// is not the translated connection (from the backend, or straight from the client to the
+/// backend on the reply tuple's ports) is never translated and makes the entry stale. LRU
+/// only as a safety net.
+pub const CT_MAP_NAME: &str = "SL_LBCT_V2";
 
 pub const MAX_ENTRIES: u32 = 65536;
 pub const BACKEND_MAX_ENTRIES: u32 = 262144;
@@ -185,8 +191,27 @@ pub struct Xlate {
     pub id: u32,
     pub flags: u32,
     pub _pad: u32,
+    /// This direction's packets.
+    pub life: crate::flow::Life,
 }
-const _: () = assert!(core::mem::size_of::<Xlate>() == 48);
+const _: () = assert!(core::mem::size_of::<Xlate>() == 64);
+
+impl Xlate {
+    /// The key of the other direction's entry: the tuple a packet of the other direction
+    /// arrives with is this one's rewritten tuple, reversed.
+    #[inline(always)]
+    pub const fn partner(&self, proto: u8) -> crate::nat::Tuple {
+        crate::nat::Tuple {
+            family: crate::addr::FAMILY_V4,
+            proto,
+            _pad: [0; 2],
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
 
 /// The reverse direction of a translation (backend → client): after the rewrite the packet
 /// leaves from a node address and must be sent out the uplink rather than routed as a packet
