@@ -21,7 +21,8 @@ use serde_json::Value;
 
 /// A client in a pod's network namespace, outside the agent's cgroup (so Services go through
 /// TC): `n` TCP connections or UDP exchanges to `ip:port`, from source port `sport` (0: any),
-/// each reading the server's first line. Prints one line of `ok:<answer>` / `err:<kind>`,
+/// each reading the server's first line (UDP sockets are connected, so a reply from another
+/// address than the one dialled is not taken). Prints one line of `ok:<answer>` / `err:<kind>`,
 /// then, with `hold`, waits for a line on stdin before closing every connection cleanly
 /// (shutdown, read to EOF, close: FIN both ways), and prints `closed`.
 const CLIENT: &str = r#"
@@ -35,10 +36,10 @@ for i in range(n):
     try:
         if sport:
             s.bind(("0.0.0.0", sport))
-        if mode == "tcp":
-            s.connect((ip, port))
-        else:
-            s.sendto(b"x", (ip, port))
+        # Connected UDP too: the socket takes replies only from the address it dialled.
+        s.connect((ip, port))
+        if mode == "udp":
+            s.send(b"x")
         r = s.recv(200)
         out.append("ok:" + r.decode().strip().replace(" ", "@"))
         socks.append(s)
