@@ -1,11 +1,11 @@
 //! The flow collector: the end of per-flow state, as the kernel's conntrack garbage collector
 //! gives one. Every `--flow-gc-interval` the agent reads the flow maps (masquerade
-//! `SL_SNAT_V2` + `SL_RSNAT_V2`, Service translation `SL_LBCT_V2`, policy tracking `SL_CT_V2`),
-//! classifies each flow from what its entries saw (`datapath_common::flow::state`) and deletes
-//! the flows idle past their state's timeout, both directions together: a masqueraded flow's
-//! port is free again seconds after its connection closed. A map more than half full is
-//! collected with shorter timeouts (÷4 past 1/2, ÷16 past 3/4, ÷64 past 7/8), so it stays far
-//! from the LRU eviction that is only the safety net.
+//! `SL_SNAT_V2` + `SL_RSNAT_V2`, Service translation `SL_LBCT_V2`, policy tracking `SL_CT_V2`,
+//! the socket reverse map `SL_SKREV_V2`), classifies each flow from what its entries saw
+//! (`datapath_common::flow::state`) and deletes the flows idle past their state's timeout, both
+//! directions together: a masqueraded flow's port is free again seconds after its connection
+//! closed. A map more than half full is collected with shorter timeouts (÷4 past 1/2, ÷16 past
+//! 3/4, ÷64 past 7/8), so it stays far from the LRU eviction that is only the safety net.
 //!
 //! An entry whose other direction is missing (evicted) is useless to its flow (the next packet
 //! claims anew) and goes after the closed timeout. A policy entry of a connection accelerated
@@ -146,6 +146,7 @@ impl Collector {
         self.collect_lb(now)?;
         let keep = self.accelerated_keys();
         self.collect_policy(now, &keep)?;
+        self.collect_sock_rev(now)?;
         self.runs += 1;
         self.last_run = Some((SystemTime::now(), started, started.elapsed()));
         Ok(())
@@ -361,6 +362,50 @@ impl Collector {
         s.entries = all.len() as u64;
         s.by_state = states;
         s.scanned = scanned;
+        s.expired = expired;
+        s.expired_total += expired;
+        s.pressure = p;
+        Ok(())
+    }
+
+    /// Socket reverse translation: entries of connected sockets end at release (in the
+    /// datapath); here unconnected UDP sockets' entries idle past `udp-replied`, and any idle
+    /// past the TCP established timeout.
+    fn collect_sock_rev(&mut self, now: u64) -> anyhow::Result<()> {
+        let path = user::map_path(&self.bpffs, svc::SOCK_REV_MAP_NAME);
+        let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+        let mut map: BpfHash<MapData, svc::SockRevKey, svc::SockRev> =
+            BpfHash::try_from(Map::LruHashMap(md)).context("socket reverse map type")?;
+        let all: Vec<(svc::SockRevKey, svc::SockRev)> = map
+            .iter()
+            .take(2 * svc::SOCK_REV_MAX_ENTRIES as usize)
+            .filter_map(Result::ok)
+            .collect();
+        let p = pressure(all.len() as u64, svc::SOCK_REV_MAX_ENTRIES);
+        let t = self.timeouts;
+        let (mut expired, mut states) = (0u64, [0u64; STATES]);
+        for (k, e) in &all {
+            let (proto, fwd, rev) = if e.flags & svc::SOCKREV_CONNECTED != 0 {
+                // Ends at release: judged as an established TCP connection.
+                (6, flow::SEEN_PKT, flow::SEEN_PKT)
+            } else {
+                (17, flow::SEEN_PKT, flow::SEEN_PKT)
+            };
+            let (st, gone) = flow::expired(proto, fwd, rev, e.life.last_ns, now, &t, p);
+            states[st as usize] += 1;
+            if gone
+                && map
+                    .get(k, 0)
+                    .is_ok_and(|v| v.life.last_ns == e.life.last_ns)
+            {
+                let _ = map.remove(k);
+                expired += 1;
+            }
+        }
+        let s = self.stats(svc::SOCK_REV_MAP_NAME, svc::SOCK_REV_MAX_ENTRIES);
+        s.entries = all.len() as u64;
+        s.by_state = states;
+        s.scanned = all.len() as u64;
         s.expired = expired;
         s.expired_total += expired;
         s.pressure = p;

@@ -51,8 +51,8 @@ pub static MAGLEV: HashMap<u32, [u16; svc::MAGLEV_M]> =
 pub static AFFINITY: LruHashMap<svc::AffinityKey, svc::Affinity> =
     LruHashMap::pinned(svc::AFFINITY_MAX_ENTRIES, 0);
 
-#[map(name = "SL_SKREV_V1")]
-pub static SOCK_REV: LruHashMap<svc::SockRevKey, svc::Backend> =
+#[map(name = "SL_SKREV_V2")]
+pub static SOCK_REV: LruHashMap<svc::SockRevKey, svc::SockRev> =
     LruHashMap::pinned(svc::SOCK_REV_MAX_ENTRIES, 0);
 
 #[map(name = "SL_SVCCNT_V1")]

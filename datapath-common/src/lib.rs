@@ -45,6 +45,7 @@ user_pod!(
     svc::AffinityKey,
     svc::Affinity,
     svc::SockRevKey,
+    svc::SockRev,
     svc::Xlate,
     policy::RuleData,
     policy::RuleValue,

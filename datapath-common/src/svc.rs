@@ -22,9 +22,15 @@ pub const BACKEND_MAP_NAME: &str = "SL_BE_V1";
 pub const MAGLEV_MAP_NAME: &str = "SL_MAGLEV_V1";
 /// ClientIP affinity (LRU): [`AffinityKey`] → [`Affinity`].
 pub const AFFINITY_MAP_NAME: &str = "SL_AFF_V1";
-/// Socket reverse translation (LRU): [`SockRevKey`] → [`Backend`] (the frontend), so that
-/// `recvmsg` and `getpeername` show the address the application dialled.
-pub const SOCK_REV_MAP_NAME: &str = "SL_SKREV_V1";
+/// Socket reverse translation: [`SockRevKey`] → [`SockRev`] (the frontend), so that `recvmsg`
+/// and `getpeername` show the address the application dialled. Socket cookies are never
+/// reused, so an entry cannot apply to another socket; its end: the entry of a connected socket
+/// (TCP, connected UDP) is deleted when the socket is released (`sl_sock_rel`, cgroup
+/// `sock_release`, kernel ≥ 5.9); one of an unconnected UDP socket (`sendmsg`) goes after the
+/// `udp-replied` idle timeout (120 s), refreshed by every send and receive; the collector also
+/// ends a connected entry left idle past the TCP established timeout (a socket connected again
+/// elsewhere). LRU only as a safety net.
+pub const SOCK_REV_MAP_NAME: &str = "SL_SKREV_V2";
 /// Per-service counters (per CPU), indexed by service id: connections (socket hooks) or
 /// packets (TC) in `packets`.
 pub const COUNTER_MAP_NAME: &str = "SL_SVCCNT_V1";
@@ -177,6 +183,21 @@ pub struct SockRevKey {
     pub backend: Backend,
 }
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+
+/// A socket's reverse translation: the frontend it dialled, and the entry's life.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRev {
+    pub frontend: Backend,
+    /// [`SOCKREV_CONNECTED`] when set at `connect` (deleted at release).
+    pub flags: u32,
+    pub _pad: u32,
+    pub life: crate::flow::Life,
+}
+const _: () = assert!(core::mem::size_of::<SockRev>() == 48);
+
+/// The socket was connected to the backend (TCP, connected UDP).
+pub const SOCKREV_CONNECTED: u32 = 1 << 0;
 
 /// TC translation: the addresses and ports a packet's tuple is rewritten to.
 #[repr(C)]

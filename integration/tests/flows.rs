@@ -8,7 +8,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdout, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -37,7 +37,11 @@ for i in range(n):
         if sport:
             s.bind(("0.0.0.0", sport))
         # Connected UDP too: the socket takes replies only from the address it dialled.
-        s.connect((ip, port))
+        # "udpto": unconnected, one sendto.
+        if mode == "udpto":
+            s.sendto(b"x", (ip, port))
+        else:
+            s.connect((ip, port))
         if mode == "udp":
             s.send(b"x")
         r = s.recv(200)
@@ -93,8 +97,18 @@ impl Drop for Held {
 }
 
 fn client(ns: &Netns, mode: &str, to: (&str, u16), n: usize, sport: u16, hold: bool) -> Held {
-    let mut child = ns
-        .command(PYTHON)
+    spawn_client(ns.command(PYTHON), mode, to, n, sport, hold)
+}
+
+fn spawn_client(
+    mut cmd: Command,
+    mode: &str,
+    to: (&str, u16),
+    n: usize,
+    sport: u16,
+    hold: bool,
+) -> Held {
+    let mut child = cmd
         .args(["-c", CLIENT, mode, to.0, &to.1.to_string(), &n.to_string()])
         .args([sport.to_string().as_str(), if hold { "hold" } else { "-" }])
         .stdin(Stdio::piped())
@@ -440,4 +454,43 @@ fn client_keeping(pod: &Pod) -> Held {
     let h = client(&pod.ns, "tcp", ("10.96.0.10", 80), 1, 0, true);
     assert_eq!(oks(&h.results), 1, "{:?}", h.results);
     h
+}
+
+/// Test that the socket path's reverse translation (`SL_SKREV_V2`) ends with its socket: a TCP
+/// connection made through the cgroup hooks to the ClusterIP has its entry while open and none
+/// once closed (socket cookies are never reused, but dead entries would fill the map); an
+/// unconnected UDP socket's entry ends once idle.
+#[test]
+fn socket_path_reverse_entries_end_with_their_socket() {
+    let (node, _web, client, _server) = service_node(&[]);
+    let skrev = |f: &Value| map_status(f, "SL_SKREV_V2")["entries"].as_u64();
+    let held = spawn_client(
+        node.pod_command(&client.ns, PYTHON),
+        "tcp",
+        ("10.96.0.10", 80),
+        1,
+        0,
+        true,
+    );
+    assert_eq!(oks(&held.results), 1, "{:?}", held.results);
+    assert!(node.counter("svc:socket-lb").0 > 0, "not the socket path");
+    wait_flows(&node, "the open socket's entry", |f| skrev(f) == Some(1));
+    held.close();
+    wait_flows(&node, "the closed socket's entry gone", |f| {
+        skrev(f) == Some(0)
+    });
+    let udp = spawn_client(
+        node.pod_command(&client.ns, PYTHON),
+        "udpto",
+        ("10.96.0.10", 53),
+        1,
+        0,
+        true,
+    );
+    assert_eq!(oks(&udp.results), 1, "{:?}", udp.results);
+    // Still open, but idle past udp-replied: collected.
+    wait_flows(&node, "the idle UDP socket's entry gone", |f| {
+        skrev(f) == Some(0) && map_status(f, "SL_SKREV_V2")["expiredTotal"].as_u64() >= Some(1)
+    });
+    udp.close();
 }
