@@ -494,3 +494,22 @@ fn socket_path_reverse_entries_end_with_their_socket() {
     });
     udp.close();
 }
+
+/// Test that policy tracking (`SL_CT_V2`) ends with the connection: the record of a TCP
+/// connection between two pods (written at its SYN) is there while it is open and collected
+/// once it closed (FIN both ways), not kept until LRU eviction.
+#[test]
+fn policy_tracking_ends_with_the_connection() {
+    let (node, web, pod, _server) = service_node(&[]);
+    let ct = |f: &Value| map_status(f, "SL_CT_V2");
+    let web_ip = web.ip.to_string();
+    let held = client(&pod.ns, "tcp", (&web_ip, 8080), 1, 0, true);
+    assert_eq!(oks(&held.results), 1, "{:?}", held.results);
+    wait_flows(&node, "the open connection tracked", |f| {
+        ct(f)["states"]["tcp-established"].as_u64() == Some(1)
+    });
+    held.close();
+    wait_flows(&node, "the closed connection collected", |f| {
+        ct(f)["entries"] == 0 && ct(f)["expiredTotal"].as_u64() >= Some(1)
+    });
+}
