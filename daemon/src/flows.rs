@@ -106,6 +106,10 @@ fn snapshot<V: aya::Pod>(m: &BpfHash<MapData, Tuple, V>, capacity: u32) -> Vec<(
 
 /// The verdict on a flow with both directions known, or only one (`partner` None: an orphan,
 /// collected as closed).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the flow's fields and the run's clock, as `flow::expired` takes them"
+)]
 fn judge(
     proto: u8,
     fwd: u32,
