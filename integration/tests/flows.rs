@@ -513,3 +513,40 @@ fn policy_tracking_ends_with_the_connection() {
         ct(f)["entries"] == 0 && ct(f)["expiredTotal"].as_u64() >= Some(1)
     });
 }
+
+/// Test that an agent upgraded from flow maps without lifetimes removes their pins (`_V1`
+/// names) and keeps forwarding with the new ones: the old pins are put back under their old
+/// names while the agent is down, and are gone after it starts again, traffic still flowing.
+#[test]
+fn upgrade_removes_retired_flow_map_pins() {
+    let mut node = Node::new(NodeOptions::default());
+    let a = node.add_pod("a");
+    node.stop_agent(false);
+    let maps = node.bpffs().join(datapath_common::pins::MAPS_DIR);
+    // Any map object stands in for the old one: the agent removes retired pins by name.
+    let stand_in = aya::maps::MapData::from_pin(maps.join(datapath_common::nat::MAP_NAME))
+        .expect("open a pinned map");
+    for old in datapath_common::flow::RETIRED_MAPS {
+        stand_in
+            .pin(maps.join(old))
+            .expect("pin under a retired name");
+    }
+    node.start_agent();
+    for old in datapath_common::flow::RETIRED_MAPS {
+        assert!(!maps.join(old).exists(), "{old} still pinned");
+    }
+    assert!(
+        node.agent_log()
+            .contains("removed the pin of a retired map layout"),
+        "{}",
+        node.agent_log()
+    );
+    let _world = serve(
+        node.outside.command(bin("sluice-svcprobe")),
+        "world",
+        8000,
+        5300,
+    );
+    let w = WORLD_IP.to_string();
+    assert_eq!(oks(&exchange(&a.ns, "tcp", (&w, 8000), 1, 0)), 1);
+}
