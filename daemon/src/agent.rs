@@ -11,11 +11,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use datapath_common::{config, nat};
+use datapath_common::config;
 use ipnetwork::IpNetwork;
 
 use crate::{
-    api, cni_install, datapath, enforce, lb, manifests, model::ClusterState, node, policy,
+    api, cni_install, datapath, enforce, flows, lb, manifests, masq, model::ClusterState, node,
+    policy,
 };
 
 mod handler;
@@ -48,6 +49,11 @@ pub struct Settings {
     pub maglev: bool,
     /// `--external-ips`: the ranges whose Service external IPs are honoured (empty: none).
     pub external_ips: Vec<IpNetwork>,
+    /// `--masquerade-ports`; `None`: the widest range clear of the node's sockets.
+    pub masquerade_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Idle timeouts of flow state, and how often the collector runs.
+    pub flow_timeouts: datapath_common::flow::Timeouts,
+    pub flow_gc_interval: Duration,
 }
 
 struct Shared {
@@ -62,6 +68,7 @@ struct Shared {
     policy: Mutex<PolicyState>,
     /// Local pods whose address is outside `pod_cidrs` (`ns/name address`).
     outside_cidr: Mutex<std::collections::BTreeSet<String>>,
+    flows: Mutex<flows::Collector>,
 }
 
 /// The pod CIDRs: from the flag, else from this node's Node object in the manifests.
@@ -166,6 +173,23 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         None => node::mtu(&uplink)?,
     };
 
+    // Masquerade ports: clear of the node's own connections (read in this network namespace).
+    let ephemeral = masq::local_port_range()?;
+    let ports = masq::resolve(s.masquerade_ports.clone(), &ephemeral)?;
+    let listening = masq::listening_in(&ports);
+    if !listening.is_empty() {
+        tracing::warn!(
+            ports = ?listening,
+            "node sockets listen on ports of the masquerade range; a remote host connecting \
+             to them from the very port a pod dialled would reach the pod instead"
+        );
+    }
+    tracing::info!(
+        masquerade_ports = %format!("{}-{}", ports.start(), ports.end()),
+        ephemeral = %format!("{}-{}", ephemeral.start(), ephemeral.end()),
+        "masquerade port range"
+    );
+
     let mounted = datapath::ensure_bpffs(&s.bpffs)?;
     if mounted {
         tracing::info!(bpffs = %s.bpffs.display(), "mounted a bpffs");
@@ -181,8 +205,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     cfg.pod_prefix4 = pod4.prefix();
     cfg.node_ip4 = node_ip.octets();
     cfg.uplink_ifindex = uplink_ifindex;
-    cfg.snat_port_min = nat::DEFAULT_PORT_MIN;
-    cfg.snat_port_max = nat::DEFAULT_PORT_MAX;
+    cfg.snat_port_min = *ports.start();
+    cfg.snat_port_max = *ports.end();
     cfg.flags = if s.masquerade {
         config::FLAG_MASQUERADE
     } else {
@@ -252,6 +276,12 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             hostport_conflicts: Vec::new(),
             hostport_conflicts_total: 0,
         }),
+        flows: Mutex::new(flows::Collector::new(
+            &s.bpffs,
+            s.flow_timeouts,
+            s.flow_gc_interval,
+            (*ports.start(), *ports.end()),
+        )),
     });
     for e in sync_derived(&shared) {
         tracing::warn!(error = %format!("{e:#}"), "program services and network policy");
@@ -264,10 +294,19 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         .context("install SIGTERM handler")?;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gc_tick = tokio::time::interval(s.flow_gc_interval);
+    gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = gc_tick.tick() => {
+                let sh = shared.clone();
+                let res = tokio::task::spawn_blocking(move || collect_flows(&sh)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::warn!(error = %format!("{e:#}"), "collect expired flows");
+                }
+            }
             _ = tick.tick() => {
                 // Pods appear through CNI ADD, which does not tell the agent: look often.
                 let sh = shared.clone();
@@ -305,6 +344,20 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     server.abort();
     let _ = std::fs::remove_file(api::socket_path(&s.state_dir));
     tracing::info!("agent stopping; the datapath keeps forwarding");
+    Ok(())
+}
+
+/// One run of the flow collector; logs what it deleted.
+fn collect_flows(shared: &Shared) -> anyhow::Result<()> {
+    let mut c = shared
+        .flows
+        .lock()
+        .map_err(|_| anyhow::anyhow!("flow collector lock poisoned"))?;
+    c.run()?;
+    let expired: u64 = c.maps.values().map(|m| m.expired).sum();
+    if expired > 0 {
+        tracing::debug!(expired, "expired flows collected");
+    }
     Ok(())
 }
 

@@ -55,7 +55,7 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub version: String,
@@ -89,6 +89,9 @@ pub struct Status {
     pub hostport_conflicts: usize,
     #[serde(default)]
     pub hostport_conflicts_total: u64,
+    /// Flow state (masquerade, Service translation, policy tracking) and its collector.
+    #[serde(default)]
+    pub flows: FlowsStatus,
 }
 
 /// Service frontends, and the frontends refused because an object may not hold them.
@@ -106,6 +109,51 @@ pub struct ServicesStatus {
     pub external_ip_not_allowed: usize,
     /// One line per refusal, naming both objects.
     pub conflicts: Vec<String>,
+}
+
+/// The flow maps by state and what the collector did on its last run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowsStatus {
+    pub gc_runs: u64,
+    pub gc_interval_seconds: f64,
+    pub last_run_seconds_ago: Option<u64>,
+    pub last_run_ms: u64,
+    /// Idle timeout per state.
+    pub timeouts_seconds: std::collections::BTreeMap<String, u64>,
+    pub maps: Vec<FlowMapStatus>,
+    pub masquerade: MasqueradeStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowMapStatus {
+    /// The map's kernel name (masquerade: both of its maps, under the egress map's name).
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u32,
+    /// Flows by state (`tcp-established`, `udp`, …), as of the last run.
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// Flows looked at and deleted by the last run; deleted over the agent's life.
+    pub scanned: u64,
+    pub expired: u64,
+    pub expired_total: u64,
+    /// 0 (normal) to 3: timeouts shortened because the map fills.
+    pub pressure: u32,
+}
+
+/// Masquerade port use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MasqueradeStatus {
+    /// `--masquerade-ports`.
+    pub ports: String,
+    pub ports_per_destination: u32,
+    pub ports_in_use: u64,
+    pub busiest_destination: Option<String>,
+    pub busiest_ports_in_use: u64,
+    /// Packets dropped because no port was free for their destination (`drop:nat-no-port`).
+    pub no_port_drops: u64,
 }
 
 /// What the NetworkPolicy maps hold, and what did not fit (each failed closed).
@@ -317,6 +365,7 @@ mod tests {
                 pods_outside_pod_cidr: Vec::new(),
                 hostport_conflicts: 0,
                 hostport_conflicts_total: 0,
+                flows: FlowsStatus::default(),
             })
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {

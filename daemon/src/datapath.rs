@@ -108,7 +108,7 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
     (
         svc::SOCK_REV_MAP_NAME,
         size_of::<svc::SockRevKey>(),
-        size_of::<svc::Backend>(),
+        size_of::<svc::SockRev>(),
         svc::SOCK_REV_MAX_ENTRIES,
     ),
     (
@@ -256,6 +256,7 @@ impl Datapath {
         }
         attach_sockmap(&mut ebpf, bpffs, sockops_cgroup)?;
         attach_sock_lb(&mut ebpf, bpffs, lb_cgroup)?;
+        remove_retired_maps(&maps_dir)?;
         // Maps and programs stay alive through their pins; the loader's fds can go.
         drop(ebpf);
         Ok(Self {
@@ -296,6 +297,23 @@ impl Datapath {
         }
         Ok((ok, missing))
     }
+}
+
+/// Removes the pins of maps whose layout this agent replaced (`flow::RETIRED_MAPS`): the
+/// programs pinned now use the new maps, and the old maps live only as long as a program of
+/// the old agent still attached to a veth (until `reattach_endpoints` replaces it). Their flows
+/// are not carried over: connections through masquerade or TC Service translation open at the
+/// upgrade start again (as after a conntrack flush).
+fn remove_retired_maps(maps_dir: &Path) -> anyhow::Result<()> {
+    for name in datapath_common::flow::RETIRED_MAPS {
+        let pin = maps_dir.join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => tracing::info!(map = name, "removed the pin of a retired map layout"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", pin.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the node configuration into the pinned `SL_CFG_V1` of `bpffs` (at load, and when
@@ -381,7 +399,10 @@ fn attach_sock_lb(ebpf: &mut aya::Ebpf, bpffs: &Path, cgroup: Option<&Path>) -> 
     use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
     let links = bpffs.join(pins::LINKS_DIR);
     let Some(cgroup) = cgroup else {
-        for (_, pin) in pins::SOCK_LB_PROGRAMS {
+        for (_, pin) in pins::SOCK_LB_PROGRAMS
+            .iter()
+            .chain([&pins::SOCK_RELEASE_PROGRAM])
+        {
             match std::fs::remove_file(links.join(pin)) {
                 Ok(()) => tracing::info!(link = pin, "socket load balancing detached"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -415,6 +436,29 @@ fn attach_sock_lb(ebpf: &mut aya::Ebpf, bpffs: &Path, cgroup: Option<&Path>) -> 
         std::fs::rename(&tmp, &final_pin)
             .with_context(|| format!("move {} to {}", tmp.display(), final_pin.display()))?;
     }
+    // The end of each socket's reverse translation entry (see `svc::SOCK_REV_MAP_NAME`).
+    let (name, pin) = pins::SOCK_RELEASE_PROGRAM;
+    let prog: &mut aya::programs::CgroupSock = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a cgroup sock program"))?;
+    prog.load()
+        .with_context(|| format!("verify and load {name}"))?;
+    let id = prog
+        .attach(&cg, CgroupAttachMode::Single)
+        .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .with_context(|| format!("{name} link is not an fd link"))?;
+    let final_pin = links.join(pin);
+    let tmp = links.join(format!("{pin}_new"));
+    let _ = std::fs::remove_file(&tmp);
+    link.pin(&tmp)
+        .with_context(|| format!("pin {}", tmp.display()))?;
+    std::fs::rename(&tmp, &final_pin)
+        .with_context(|| format!("move {} to {}", tmp.display(), final_pin.display()))?;
     Ok(())
 }
 

@@ -105,6 +105,16 @@ pub fn rewrite(
     Ok(())
 }
 
+/// The TCP flags byte of a packet whose L4 header is at `l4.off` (0 for other protocols).
+#[inline(always)]
+pub fn tcp_flags(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> u8 {
+    if ip.proto == IPPROTO_TCP {
+        ctx.load::<u8>(l4.off + 13).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 impl L4 {
     /// Offset of the source port (ICMP echo: the identifier).
     #[inline(always)]

@@ -2,7 +2,7 @@
 //! the frontend lookup, the backend choice (ClientIP affinity, then Maglev or random), the
 //! per-service counters, and the TC translation of packets that did not pass a hooked socket.
 //!
-//! TC translation keeps both directions in one LRU map (`SL_LBCT_V1`), keyed by the tuple as
+//! TC translation keeps both directions in one map (`SL_LBCT_V2`, lifetime in its doc), keyed by the tuple as
 //! the packet arrives: the forward entry (client → frontend) says which backend (and, for
 //! external traffic with `externalTrafficPolicy: Cluster`, which node address and port the
 //! client is translated to); the reverse entry (backend → client, or → node) says how to put
@@ -15,14 +15,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    config, metrics, nat,
+    config, flow, metrics, nat,
     svc::{self, Backend, BackendKey},
 };
 
 use crate::{
-    l4::{rewrite, L4},
+    l4::{rewrite, tcp_flags, L4},
     maps::{AFFINITY, BACKENDS, LB_CT, LB_SCRATCH, MAGLEV, SERVICES, SVC_COUNTERS},
-    skb::{drop, Ipv4Hdr, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    skb::{drop, Ipv4Hdr, ETH_HLEN, IPPROTO_TCP, IP_DST_OFF, IP_SRC_OFF},
 };
 
 /// Ports tried when external traffic needs a node port of its own (`FLAG_SNAT`).
@@ -219,8 +219,13 @@ fn try_forward(
     // Per-CPU and used by one program run at a time (TC runs with preemption off).
     let sc = unsafe { &mut *scratch };
     sc.tuple = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
-    if let Some(x) = unsafe { LB_CT.get(&sc.tuple) } {
-        if x.flags & svc::XLATE_REPLY == 0 {
+    if let Some(x) = LB_CT.get_ptr_mut(&sc.tuple) {
+        // In place: the entry is this flow's own.
+        let x = unsafe { &mut *x };
+        let seen = flow::seen_of(tcp_flags(ctx, ip, l4));
+        sc.reply = x.partner(ip.proto);
+        if x.flags & svc::XLATE_REPLY == 0 && !restarts(x, &sc.reply, seen) {
+            x.life.touch(unsafe { bpf_ktime_get_ns() }, seen);
             sc.fwd = *x;
             count_service(x.id, ctx.len());
             return Ok(done(x));
@@ -247,6 +252,9 @@ fn try_forward(
         return Ok(NO_BACKEND);
     };
     let back = v4(&b.addr.addr);
+    // Read again rather than kept across the choice: registers are scarce, stack more so.
+    let seen = flow::seen_of(tcp_flags(ctx, ip, l4));
+    let now = unsafe { bpf_ktime_get_ns() };
     sc.fwd = svc::Xlate {
         saddr: wide(ip.saddr),
         daddr: b.addr.addr,
@@ -255,6 +263,7 @@ fn try_forward(
         id: fe.id,
         flags: 0,
         _pad: 0,
+        life: flow::Life::new(now, seen),
     };
     sc.rev = svc::Xlate {
         saddr: wide(ip.daddr),
@@ -264,6 +273,7 @@ fn try_forward(
         id: fe.id,
         flags: svc::XLATE_REPLY,
         _pad: 0,
+        life: flow::Life::new(now, 0),
     };
     if scope == svc::SCOPE_EXTERNAL {
         // The reply leaves from a node address: out the uplink, not through the stack.
@@ -297,6 +307,38 @@ fn try_forward(
     }
     count_service(fe.id, ctx.len());
     Ok(done(&sc.fwd))
+}
+
+/// Whether a client's packet on a known forward entry `x` opens a new connection instead:
+/// a SYN when the translated connection is over (closed, stale, or its reply entry gone).
+/// A SYN on a live one is a retransmission and keeps its backend.
+#[inline(always)]
+fn restarts(x: &svc::Xlate, partner: &nat::Tuple, seen: u32) -> bool {
+    if seen & flow::SEEN_SYN == 0 {
+        return false;
+    }
+    match unsafe { LB_CT.get(partner) } {
+        Some(r) => flow::closed(x.life.seen, r.life.seen),
+        None => true,
+    }
+}
+
+/// For a packet from a pod that no frontend translated (e.g. straight to a backend): a TCP
+/// SYN or a UDP datagram whose reply tuple is the reverse entry of an earlier translated flow
+/// starts a different flow on the same ports, so that entry is stale: its replies must not be
+/// turned into the frontend's. A BPF subprogram with its own frame.
+#[inline(never)]
+pub fn untranslated(f: &crate::policy::Flow) {
+    if f.proto == IPPROTO_TCP && !flow::is_syn(f.tcp_flags) {
+        return;
+    }
+    let reply = nat::Tuple::v4(f.proto, f.daddr, f.saddr, f.dport, f.sport);
+    if let Some(x) = LB_CT.get_ptr_mut(&reply) {
+        let x = unsafe { &mut *x };
+        if x.flags & svc::XLATE_REPLY != 0 && x.life.seen & flow::SEEN_STALE == 0 {
+            x.life.seen |= flow::SEEN_STALE;
+        }
+    }
 }
 
 /// Rewrites the packet as the last successful [`forward`] on this CPU chose.
@@ -346,14 +388,24 @@ fn claim_snat_port(cfg: &config::NodeConfig, first: &nat::Tuple, rev: &svc::Xlat
 #[inline(never)]
 pub fn reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> i64 {
     let tuple = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
-    let Some(x) = (unsafe { LB_CT.get(&tuple) }) else {
+    let Some(x) = LB_CT.get_ptr_mut(&tuple) else {
         return MISS;
     };
-    let x = *x;
-    if x.flags & svc::XLATE_REPLY == 0 {
+    // In place: the entry is this flow's own.
+    let e = unsafe { &mut *x };
+    if e.flags & svc::XLATE_REPLY == 0 || e.life.seen & flow::SEEN_STALE != 0 {
         return MISS;
     }
-    if apply(ctx, ip, l4, &x).is_err() {
+    let flags = tcp_flags(ctx, ip, l4);
+    if flow::is_syn(flags) {
+        // A connection the backend opens is never a reply of the translated one.
+        e.life.seen |= flow::SEEN_STALE;
+        return MISS;
+    }
+    e.life
+        .touch(unsafe { bpf_ktime_get_ns() }, flow::seen_of(flags));
+    let x = &*e;
+    if apply(ctx, ip, l4, x).is_err() {
         return DROPPED;
     }
     let up = if x.flags & svc::XLATE_TO_UPLINK != 0 {
@@ -361,5 +413,5 @@ pub fn reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> i64 {
     } else {
         0
     };
-    done(&x) | up
+    done(x) | up
 }

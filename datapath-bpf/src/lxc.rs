@@ -161,6 +161,7 @@ fn services(
             }
         }
     }
+    lb::untranslated(flow);
     enforce(ctx, flow)?;
     Ok(deliver_or_dead(ctx, cfg, hdr, ifindex))
 }

@@ -1,4 +1,4 @@
-//! The datapath's maps. Kernel names carry a layout version (`_V1`): a change of key or value
+//! The datapath's maps. Kernel names carry a layout version (`_V1`, `_V2`): a change of key or value
 //! layout gets a new name, so an agent never adopts a pin of the wrong shape. All are pinned by
 //! name under the agent's `<bpffs>/sluice/` so they survive agent restarts and are shared with
 //! the CNI plugin.
@@ -23,10 +23,10 @@ pub static ENDPOINT_META: HashMap<IpKey, endpoint::Meta> =
 #[map(name = "SL_METRIC_V1")]
 pub static METRICS: PerCpuArray<metrics::Counter> = PerCpuArray::pinned(metrics::MAX_ENTRIES, 0);
 
-#[map(name = "SL_SNAT_V1")]
+#[map(name = "SL_SNAT_V2")]
 pub static SNAT: LruHashMap<nat::Tuple, nat::Binding> = LruHashMap::pinned(nat::MAX_ENTRIES, 0);
 
-#[map(name = "SL_RSNAT_V1")]
+#[map(name = "SL_RSNAT_V2")]
 pub static REV_SNAT: LruHashMap<nat::Tuple, nat::Binding> = LruHashMap::pinned(nat::MAX_ENTRIES, 0);
 
 #[map(name = "SL_SOCK_V1")]
@@ -55,14 +55,14 @@ pub static MAGLEV: HashMap<u32, [u16; svc::MAGLEV_M]> =
 pub static AFFINITY: LruHashMap<svc::AffinityKey, svc::Affinity> =
     LruHashMap::pinned(svc::AFFINITY_MAX_ENTRIES, 0);
 
-#[map(name = "SL_SKREV_V1")]
-pub static SOCK_REV: LruHashMap<svc::SockRevKey, svc::Backend> =
+#[map(name = "SL_SKREV_V2")]
+pub static SOCK_REV: LruHashMap<svc::SockRevKey, svc::SockRev> =
     LruHashMap::pinned(svc::SOCK_REV_MAX_ENTRIES, 0);
 
 #[map(name = "SL_SVCCNT_V1")]
 pub static SVC_COUNTERS: PerCpuArray<metrics::Counter> = PerCpuArray::pinned(svc::MAX_IDS, 0);
 
-#[map(name = "SL_LBCT_V1")]
+#[map(name = "SL_LBCT_V2")]
 pub static LB_CT: LruHashMap<nat::Tuple, svc::Xlate> = LruHashMap::pinned(svc::CT_MAX_ENTRIES, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -86,7 +86,7 @@ pub static LB_SCRATCH: PerCpuArray<LbScratch> = PerCpuArray::with_max_entries(1,
 pub static POLICY: LpmTrie<policy::RuleData, policy::RuleValue> =
     LpmTrie::pinned(policy::MAX_ENTRIES, 0);
 
-#[map(name = "SL_CT_V1")]
+#[map(name = "SL_CT_V2")]
 pub static CONNTRACK: LruHashMap<nat::Tuple, policy::CtEntry> =
     LruHashMap::pinned(policy::CT_MAX_ENTRIES, 0);
 

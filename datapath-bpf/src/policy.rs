@@ -11,9 +11,9 @@
 //! [`socket_allowed`] is the same verdict for the sockops program: an isolated pod's socket is
 //! accelerated only when its connection is tracked as allowed under the current revision.
 
-use aya_ebpf::{bindings::BPF_ANY, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use datapath_common::{
-    metrics, nat,
+    flow, metrics, nat,
     policy::{self, RuleData},
 };
 
@@ -71,11 +71,15 @@ fn judge(
 }
 
 /// The verdict of a tracked connection (`t`, opened as `c`): `None` when it is not tracked,
-/// else 0 or its drop reason, judged again first when the policy changed since.
+/// else 0 or its drop reason, judged again first when the policy changed since. A packet
+/// (`seen`, already shifted for its direction; 0 for none) is recorded in its life.
 #[inline(always)]
-fn tracked(t: &nat::Tuple, c: &policy::Conn, rev: u32, node: [u8; 4]) -> Option<u32> {
+fn tracked(t: &nat::Tuple, c: &policy::Conn, rev: u32, node: [u8; 4], seen: u32) -> Option<u32> {
     let e = CONNTRACK.get_ptr_mut(t)?;
     let e = unsafe { &mut *e };
+    if seen != 0 {
+        e.life.touch(unsafe { bpf_ktime_get_ns() }, seen);
+    }
     if e.revision != rev {
         e.denied = policy::judge(c, node, &trie_allows).unwrap_or(0);
         e.revision = rev;
@@ -95,12 +99,12 @@ pub fn socket_allowed(local: policy::SockEnd, remote: policy::SockEnd) -> bool {
     let rev = POLICY_REVISION.get(0).copied().unwrap_or(0);
     let node = CONFIG.get(0).map(|c| c.node_ip4).unwrap_or([0; 4]);
     let [(fwd, out), (back, inward)] = policy::socket_directions(local, remote);
-    if let Some(denied) = tracked(&fwd, &out, rev, node) {
+    if let Some(denied) = tracked(&fwd, &out, rev, node, 0) {
         return denied == 0;
     }
     // Through memory: compared in registers, LLVM ANDs "is some" with the value register,
     // which a `None` leaves unset, and the verifier refuses that read (seen in sl_sockops).
-    core::hint::black_box(tracked(&back, &inward, rev, node)) == Some(0)
+    core::hint::black_box(tracked(&back, &inward, rev, node, 0)) == Some(0)
 }
 
 /// The endpoint flags of a local pod's address; 0 for any other address.
@@ -120,14 +124,15 @@ pub fn check(f: &Flow) -> u32 {
     let rev = POLICY_REVISION.get(0).copied().unwrap_or(0);
     let fwd = nat::Tuple::v4(f.proto, f.saddr, f.daddr, f.sport, f.dport);
     let syn = f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // Recomputed where used rather than kept: this frame is at the verifier's limit.
+    let seen = || flow::seen_of(f.tcp_flags);
     if !policy::any_isolated(f.src_flags, dflags) {
         if syn {
-            // Remember who opened it, for when a side becomes isolated.
-            let entry = policy::CtEntry {
-                revision: rev,
-                denied: 0,
-            };
-            let _ = CONNTRACK.insert(&fwd, &entry, BPF_ANY as u64);
+            // Remember who opened it, for when a side becomes isolated. Not followed packet
+            // by packet (that would cost a lookup per packet): only its end is recorded.
+            record(&fwd, rev, 0, seen() | flow::SEEN_UNFOLLOWED);
+        } else if f.proto == IPPROTO_TCP && seen() & (flow::SEEN_FIN | flow::SEEN_RST) != 0 {
+            closing(&fwd, seen());
         }
         return 0;
     }
@@ -146,7 +151,7 @@ pub fn check(f: &Flow) -> u32 {
             sflags: f.src_flags,
             dflags,
         };
-        if let Some(denied) = tracked(&fwd, &opened, rev, node) {
+        if let Some(denied) = tracked(&fwd, &opened, rev, node, seen()) {
             return denied;
         }
         let replied = policy::Conn {
@@ -157,7 +162,7 @@ pub fn check(f: &Flow) -> u32 {
             sflags: dflags,
             dflags: f.src_flags,
         };
-        if let Some(denied) = tracked(&back, &replied, rev, node) {
+        if let Some(denied) = tracked(&back, &replied, rev, node, seen() << flow::REPLY_SHIFT) {
             return denied;
         }
     }
@@ -170,20 +175,44 @@ pub fn check(f: &Flow) -> u32 {
     {
         // Untracked mid-stream: the reply of a connection the peer may have opened; its
         // opening direction is allowed, so it is taken as that.
-        let entry = policy::CtEntry {
-            revision: rev,
-            denied: 0,
-        };
-        let _ = CONNTRACK.insert(&back, &entry, BPF_ANY as u64);
+        record(
+            &back,
+            rev,
+            0,
+            flow::SEEN_PKT | (seen() << flow::REPLY_SHIFT),
+        );
         return 0;
     }
     if v.is_none() {
         count(metrics::POLICY_ALLOWED, 0);
     }
+    record(&fwd, rev, v.unwrap_or(0), seen());
+    v.unwrap_or(0)
+}
+
+/// Tracks connection `t` with its verdict (`denied`, 0 when allowed) under revision `rev`, a
+/// new life with `seen`. A BPF subprogram: the entry stays off [`check`]'s frame.
+#[inline(never)]
+fn record(t: &nat::Tuple, rev: u32, denied: u32, seen: u32) {
     let entry = policy::CtEntry {
         revision: rev,
-        denied: v.unwrap_or(0),
+        denied,
+        life: flow::Life::new(unsafe { bpf_ktime_get_ns() }, seen),
     };
-    let _ = CONNTRACK.insert(&fwd, &entry, BPF_ANY as u64);
-    v.unwrap_or(0)
+    let _ = CONNTRACK.insert(t, &entry, BPF_ANY as u64);
+}
+
+/// Records a FIN or RST of an unisolated connection (`fwd`, as the packet goes) in whichever
+/// direction it was opened, so its record ends with it. A BPF subprogram with its own frame
+/// (inlined, it would grow [`check`]'s frame past what its call chain can hold).
+#[inline(never)]
+fn closing(fwd: &nat::Tuple, seen: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(e) = CONNTRACK.get_ptr_mut(fwd) {
+        unsafe { (*e).life.touch(now, seen) };
+        return;
+    }
+    if let Some(e) = CONNTRACK.get_ptr_mut(&fwd.reversed()) {
+        unsafe { (*e).life.touch(now, seen << flow::REPLY_SHIFT) };
+    }
 }

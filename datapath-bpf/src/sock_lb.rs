@@ -11,11 +11,13 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+    },
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
-use datapath_common::{addr::IpKey, metrics, svc};
+use datapath_common::{addr::IpKey, flow, metrics, svc};
 
 use crate::{
     lb::{count_service, frontend, select},
@@ -30,13 +32,32 @@ const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sl_sock4_conn(ctx: SockAddrContext) -> i32 {
-    translate(&ctx)
+    translate(&ctx, svc::SOCKREV_CONNECTED)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sl_sock4_send(ctx: SockAddrContext) -> i32 {
-    translate(&ctx)
+    translate(&ctx, 0)
 }
+
+/// A socket of the cgroup is released: its reverse translation ends with it (the entry of
+/// the backend it is connected to; an unconnected socket's entries age out in the collector).
+#[cgroup_sock(sock_release)]
+pub fn sl_sock_rel(ctx: SockContext) -> i32 {
+    let sk = unsafe { &*ctx.sock };
+    if sk.family != AF_INET || sk.dst_ip4 == 0 {
+        return ALLOW;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let key = svc::SockRevKey {
+        cookie,
+        backend: svc::Backend::v4(sk.dst_ip4.to_ne_bytes(), sk.dst_port),
+    };
+    let _ = SOCK_REV.remove(&key);
+    ALLOW
+}
+
+const AF_INET: u32 = 2;
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sl_sock4_recv(ctx: SockAddrContext) -> i32 {
@@ -50,9 +71,10 @@ pub fn sl_sock4_peer(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Points a connect or send to a Service at one of its backends.
+/// Points a connect or send to a Service at one of its backends; `flags` (`SOCKREV_*`) say
+/// which.
 #[inline(always)]
-fn translate(ctx: &SockAddrContext) -> i32 {
+fn translate(ctx: &SockAddrContext, flags: u32) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let proto = sa.protocol as u8;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
@@ -104,7 +126,12 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         cookie,
         backend: *b,
     };
-    let orig = svc::Backend::v4(daddr, dport);
+    let orig = svc::SockRev {
+        frontend: svc::Backend::v4(daddr, dport),
+        flags,
+        _pad: 0,
+        life: flow::Life::new(unsafe { bpf_ktime_get_ns() }, flow::SEEN_PKT),
+    };
     // Best effort: without it only recvmsg/getpeername would show the backend.
     let _ = SOCK_REV.insert(&key, &orig, BPF_ANY as u64);
     sa.user_ip4 = u32::from_ne_bytes(baddr);
@@ -123,10 +150,16 @@ fn reverse(ctx: &SockAddrContext) {
         cookie,
         backend: svc::Backend::v4(sa.user_ip4.to_ne_bytes(), sa.user_port as u16),
     };
-    if let Some(orig) = unsafe { SOCK_REV.get(&key) } {
-        if let Some(a) = orig.addr.as_v4() {
+    if let Some(e) = SOCK_REV.get_ptr_mut(&key) {
+        // In place: the entry is this socket's own.
+        let e = unsafe { &mut *e };
+        e.life.touch(
+            unsafe { bpf_ktime_get_ns() },
+            flow::SEEN_PKT << flow::REPLY_SHIFT,
+        );
+        if let Some(a) = e.frontend.addr.as_v4() {
             sa.user_ip4 = u32::from_ne_bytes(a);
-            sa.user_port = orig.port as u32;
+            sa.user_port = e.frontend.port as u32;
         }
     }
 }

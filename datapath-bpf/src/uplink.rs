@@ -7,18 +7,20 @@
 //! `sluicectl`. The ports come from a range outside the kernel's ephemeral range (see
 //! `datapath_common::nat`), so a translated flow never collides with a socket of the node.
 //! A port is claimed by inserting the reply tuple with `BPF_NOEXIST`: whoever inserts first
-//! owns it, which makes concurrent allocation on several CPUs safe without locks.
+//! owns it, which makes concurrent allocation on several CPUs safe without locks. Each entry
+//! records its direction's packets (`datapath_common::flow`), so the agent's collector frees
+//! a port seconds after its connection closed or its UDP/ICMP flow went idle.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::generated::bpf_get_prandom_u32,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::classifier,
     programs::TcContext,
 };
-use datapath_common::{addr::IpKey, config, metrics, nat, svc};
+use datapath_common::{addr::IpKey, config, flow, metrics, nat, svc};
 
 use crate::{
-    l4::{l4_of, rewrite, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4},
+    l4::{l4_of, rewrite, tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4},
     lb,
     maps::{CONFIG, ENDPOINTS, REV_SNAT, SNAT},
     reset::reset_to_pod,
@@ -61,17 +63,21 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     };
     let node_ip = cfg.node_ip4;
     let orig = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
+    let seen = flow::seen_of(tcp_flags(ctx, &ip, &l4));
+    let now = unsafe { bpf_ktime_get_ns() };
 
-    let back = binding(ip.saddr, l4.sport);
-    let known = unsafe { SNAT.get(&orig) }.map(|b| b.port);
+    let back = binding(ip.saddr, l4.sport, now, 0);
+    let known = SNAT
+        .get_ptr_mut(&orig)
+        .and_then(|fwd| keep_port(&orig, fwd, &back, seen, now));
     let nat_port = match known {
-        Some(port) if owns_port(&ip, &l4, node_ip, port, &back) => port,
-        _ => {
+        Some(port) => port,
+        None => {
             // A new flow, or one whose port was taken over after its reply entry was evicted
             // (the two LRU maps age out independently): claim a fresh port.
-            let port = claim_port(cfg, &ip, &l4, node_ip)
+            let port = claim_port(cfg, &ip, &l4, node_ip, &back)
                 .ok_or_else(|| drop(ctx, metrics::DROP_NAT_NO_PORT))?;
-            let fwd = binding(node_ip, port);
+            let fwd = binding(node_ip, port, now, seen);
             if SNAT.insert(&orig, &fwd, BPF_ANY as u64).is_err() {
                 return Err(drop(ctx, metrics::DROP_NAT_NO_PORT));
             }
@@ -103,31 +109,64 @@ fn is_pod_source(cfg: &config::NodeConfig, saddr: [u8; 4]) -> bool {
     cfg.in_pod_cidr4(saddr) || unsafe { ENDPOINTS.get(IpKey::v4(saddr)) }.is_some()
 }
 
-/// Whether the flow still owns `port` towards its destination: its reply entry is there and
-/// points back at it, or is missing and can be put back (`BPF_NOEXIST`, so a port another CPU
-/// just claimed is never taken over).
+/// The port of a known flow (`fwd`, its egress entry) if it still owns it towards its
+/// destination: its reply entry is there and points back at it, or is missing and can be put
+/// back (`BPF_NOEXIST`, so a port another CPU just claimed is never taken over). Records the
+/// packet in the flow's life; a SYN on a closed connection's tuple starts a new life for both
+/// entries (the same port, a new connection).
 #[inline(always)]
-fn owns_port(ip: &Ipv4Hdr, l4: &L4, node_ip: [u8; 4], port: u16, back: &nat::Binding) -> bool {
-    let reply = nat::Tuple::v4(ip.proto, ip.daddr, node_ip, l4.dport, port);
-    match unsafe { REV_SNAT.get(&reply) } {
-        Some(owner) => owner.addr == back.addr && owner.port == back.port,
-        None => REV_SNAT.insert(&reply, back, BPF_NOEXIST as u64).is_ok(),
+fn keep_port(
+    orig: &nat::Tuple,
+    fwd: *mut nat::Binding,
+    back: &nat::Binding,
+    seen: u32,
+    now: u64,
+) -> Option<u16> {
+    // In place: the entry is this flow's own; a racing CPU only records the same flow.
+    let fwd = unsafe { &mut *fwd };
+    let port = fwd.port;
+    let reply = orig.masq_reply(fwd);
+    match REV_SNAT.get_ptr_mut(&reply) {
+        Some(r) => {
+            let r = unsafe { &mut *r };
+            if !r.points_at(&back.addr, back.port) {
+                return None;
+            }
+            if seen & flow::SEEN_SYN != 0 && flow::closed(fwd.life.seen, r.life.seen) {
+                r.life = flow::Life::new(now, 0);
+                fwd.life = flow::Life::new(now, seen);
+            } else {
+                fwd.life.touch(now, seen);
+            }
+        }
+        None => {
+            REV_SNAT.insert(&reply, back, BPF_NOEXIST as u64).ok()?;
+            fwd.life.touch(now, seen);
+        }
     }
+    Some(port)
 }
 
 #[inline(always)]
-fn binding(addr: [u8; 4], port: u16) -> nat::Binding {
+fn binding(addr: [u8; 4], port: u16, now: u64, seen: u32) -> nat::Binding {
     nat::Binding {
         addr: datapath_common::addr::IpKey::v4(addr).addr,
         port,
-        _pad: [0; 2],
+        _pad: [0; 6],
+        life: flow::Life::new(now, seen),
     }
 }
 
 /// Claims a free masquerade port for a new flow by inserting its reply tuple; returns it in
 /// network order.
 #[inline(always)]
-fn claim_port(cfg: &config::NodeConfig, ip: &Ipv4Hdr, l4: &L4, node_ip: [u8; 4]) -> Option<u16> {
+fn claim_port(
+    cfg: &config::NodeConfig,
+    ip: &Ipv4Hdr,
+    l4: &L4,
+    node_ip: [u8; 4],
+    back: &nat::Binding,
+) -> Option<u16> {
     let min = cfg.snat_port_min as u32;
     let max = cfg.snat_port_max as u32;
     if min == 0 || max < min {
@@ -136,11 +175,10 @@ fn claim_port(cfg: &config::NodeConfig, ip: &Ipv4Hdr, l4: &L4, node_ip: [u8; 4])
     let range = max - min + 1;
     // checked_rem: a plain `%` would keep a divide-by-zero panic path the verifier rejects.
     let start = unsafe { bpf_get_prandom_u32() }.checked_rem(range)?;
-    let back = binding(ip.saddr, l4.sport);
     for i in 0..PORT_TRIES {
         let port = ((min + (start + i).checked_rem(range)?) as u16).to_be();
         let reply = nat::Tuple::v4(ip.proto, ip.daddr, node_ip, l4.dport, port);
-        if REV_SNAT.insert(&reply, &back, BPF_NOEXIST as u64).is_ok() {
+        if REV_SNAT.insert(&reply, back, BPF_NOEXIST as u64).is_ok() {
             return Some(port);
         }
     }
@@ -211,10 +249,19 @@ fn try_rev_masquerade(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<i32, i32> {
         return Ok(TC_ACT_UNSPEC);
     };
     let reply = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
-    let Some(b) = (unsafe { REV_SNAT.get(&reply) }) else {
+    let Some(b) = REV_SNAT.get_ptr_mut(&reply) else {
         // Not a masqueraded flow: the node's own traffic.
         return Ok(TC_ACT_UNSPEC);
     };
+    let flags = tcp_flags(ctx, ip, &l4);
+    if flow::is_syn(flags) {
+        // A connection opened from outside is never a reply: not the pod's.
+        return Ok(TC_ACT_UNSPEC);
+    }
+    // In place: the entry is this flow's own.
+    let b = unsafe { &mut *b };
+    b.life
+        .touch(unsafe { bpf_ktime_get_ns() }, flow::seen_of(flags));
     let pod = [b.addr[0], b.addr[1], b.addr[2], b.addr[3]];
     let pod_port = b.port;
     rewrite(

@@ -12,6 +12,7 @@ extern crate std;
 pub mod addr;
 pub mod config;
 pub mod endpoint;
+pub mod flow;
 #[cfg(feature = "user")]
 pub mod hostport;
 pub mod metrics;
@@ -34,6 +35,7 @@ user_pod!(
     config::NodeConfig,
     endpoint::Value,
     endpoint::Meta,
+    flow::Life,
     metrics::Counter,
     nat::Tuple,
     nat::Binding,
@@ -46,6 +48,7 @@ user_pod!(
     svc::AffinityKey,
     svc::Affinity,
     svc::SockRevKey,
+    svc::SockRev,
     svc::Xlate,
     policy::RuleData,
     policy::RuleValue,

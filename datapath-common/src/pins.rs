@@ -45,6 +45,10 @@ pub const SOCK_LB_PROGRAMS: &[(&str, &str)] = &[
     ("sl_sock4_peer", "sock4_getpeername"),
 ];
 
+/// Socket release on the agent's cgroup (cgroup `sock_release`): ends the socket's reverse
+/// translation entry. (program, link pin name).
+pub const SOCK_RELEASE_PROGRAM: (&str, &str) = ("sl_sock_rel", "sock_release");
+
 /// cls_bpf priority and handle of Sluice's filters (netlink attachment: the filter lives as long
 /// as the interface, with no process or pin holding it, so it survives agent restarts and goes
 /// away with the pod's veth).
@@ -60,6 +64,7 @@ mod tests {
             .iter()
             .chain(&[super::PROG_SOCKOPS, super::PROG_SK_MSG])
             .chain(super::SOCK_LB_PROGRAMS.iter().map(|(p, _)| p))
+            .chain([&super::SOCK_RELEASE_PROGRAM.0])
         {
             assert!(p.len() <= 15, "{p} is longer than 15 characters");
         }

@@ -13,17 +13,24 @@
 //! **Isolation** is two endpoint flags (`endpoint::FLAG_ISOLATED_*`): a pod no policy selects
 //! in a direction is not checked at all in that direction.
 //!
-//! **Connection tracking** (`SL_CT_V1`, LRU): every TCP connection is recorded at its SYN
+//! **Connection tracking** (`SL_CT_V2`): every TCP connection is recorded at its SYN
 //! (so the direction it was opened in is known), and every connection judged against rules is
 //! recorded with the verdict; packets of either direction that find it follow that verdict
 //! without a rule lookup while its `revision` is the current one (`SL_POLREV_V1`). The agent
 //! bumps the revision on every policy change, so the next packet of each tracked connection is
 //! judged again, in its opening direction, and a connection that became denied stops.
+//! Lifetime (see [`crate::flow`]): a tracked entry records both directions' packets in its
+//! [`CtEntry::life`] (the reply's bits shifted); the agent's collector deletes it 10 s after a
+//! TCP close (FIN both ways or RST), UDP after 30 s idle (120 s once answered), TCP after
+//! 6 h idle. The record of who opened a connection between unisolated pods is written at its
+//! SYN and then only at FIN or RST (no per-packet write), so it ends at the close or after the
+//! established timeout. A SYN on a closed connection's tuple records a new connection. LRU only
+//! as a safety net.
 
 use crate::addr::IpKey;
 
 pub const MAP_NAME: &str = "SL_POL_V1";
-pub const CT_MAP_NAME: &str = "SL_CT_V1";
+pub const CT_MAP_NAME: &str = "SL_CT_V2";
 pub const REVISION_MAP_NAME: &str = "SL_POLREV_V1";
 /// Isolation per pod before its address is known (`pod_key` of namespace/name → `ISO_*`),
 /// written by the agent and read by the CNI plugin at ADD, so a new pod starts isolated.
@@ -122,8 +129,10 @@ pub struct CtEntry {
     /// 0 when allowed, else the drop reason (`metrics::DROP_POLICY_*`) it was denied with:
     /// its packets are dropped until the next revision judges it again.
     pub denied: u32,
+    /// Both directions' packets (the reply's `SEEN_*` bits `<< REPLY_SHIFT`).
+    pub life: crate::flow::Life,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
 
 /// A connection as policy judges it, in the direction it was opened: IPv4 addresses in
 /// network order, the destination port in host order, each end's endpoint flags

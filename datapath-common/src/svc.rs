@@ -22,15 +22,27 @@ pub const BACKEND_MAP_NAME: &str = "SL_BE_V1";
 pub const MAGLEV_MAP_NAME: &str = "SL_MAGLEV_V1";
 /// ClientIP affinity (LRU): [`AffinityKey`] → [`Affinity`].
 pub const AFFINITY_MAP_NAME: &str = "SL_AFF_V1";
-/// Socket reverse translation (LRU): [`SockRevKey`] → [`Backend`] (the frontend), so that
-/// `recvmsg` and `getpeername` show the address the application dialled.
-pub const SOCK_REV_MAP_NAME: &str = "SL_SKREV_V1";
+/// Socket reverse translation: [`SockRevKey`] → [`SockRev`] (the frontend), so that `recvmsg`
+/// and `getpeername` show the address the application dialled. Socket cookies are never
+/// reused, so an entry cannot apply to another socket; its end: the entry of a connected socket
+/// (TCP, connected UDP) is deleted when the socket is released (`sl_sock_rel`, cgroup
+/// `sock_release`, kernel ≥ 5.9); one of an unconnected UDP socket (`sendmsg`) goes after the
+/// `udp-replied` idle timeout (120 s), refreshed by every send and receive; the collector also
+/// ends a connected entry left idle past the TCP established timeout (a socket connected again
+/// elsewhere). LRU only as a safety net.
+pub const SOCK_REV_MAP_NAME: &str = "SL_SKREV_V2";
 /// Per-service counters (per CPU), indexed by service id: connections (socket hooks) or
 /// packets (TC) in `packets`.
 pub const COUNTER_MAP_NAME: &str = "SL_SVCCNT_V1";
-/// TC-level translation state (LRU), both directions: the tuple as a packet arrives →
-/// the tuple to rewrite it to.
-pub const CT_MAP_NAME: &str = "SL_LBCT_V1";
+/// TC-level translation state, both directions: the tuple as a packet arrives → the tuple to
+/// rewrite it to ([`Xlate`]). Lifetime as conntrack's (see [`crate::flow`]): each entry
+/// records its direction's packets; the agent's collector deletes both entries of a flow
+/// together 10 s after a TCP close (FIN both ways or RST), UDP after 30 s idle (120 s once
+/// answered), TCP after 6 h idle. A client's SYN on a closed flow chooses again; a SYN that
+/// is not the translated connection (from the backend, or straight from the client to the
+/// backend on the reply tuple's ports) is never translated and makes the entry stale. LRU
+/// only as a safety net.
+pub const CT_MAP_NAME: &str = "SL_LBCT_V2";
 
 pub const MAX_ENTRIES: u32 = 65536;
 pub const BACKEND_MAX_ENTRIES: u32 = 262144;
@@ -172,6 +184,21 @@ pub struct SockRevKey {
 }
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
 
+/// A socket's reverse translation: the frontend it dialled, and the entry's life.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRev {
+    pub frontend: Backend,
+    /// [`SOCKREV_CONNECTED`] when set at `connect` (deleted at release).
+    pub flags: u32,
+    pub _pad: u32,
+    pub life: crate::flow::Life,
+}
+const _: () = assert!(core::mem::size_of::<SockRev>() == 48);
+
+/// The socket was connected to the backend (TCP, connected UDP).
+pub const SOCKREV_CONNECTED: u32 = 1 << 0;
+
 /// TC translation: the addresses and ports a packet's tuple is rewritten to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,8 +212,27 @@ pub struct Xlate {
     pub id: u32,
     pub flags: u32,
     pub _pad: u32,
+    /// This direction's packets.
+    pub life: crate::flow::Life,
 }
-const _: () = assert!(core::mem::size_of::<Xlate>() == 48);
+const _: () = assert!(core::mem::size_of::<Xlate>() == 64);
+
+impl Xlate {
+    /// The key of the other direction's entry: the tuple a packet of the other direction
+    /// arrives with is this one's rewritten tuple, reversed.
+    #[inline(always)]
+    pub const fn partner(&self, proto: u8) -> crate::nat::Tuple {
+        crate::nat::Tuple {
+            family: crate::addr::FAMILY_V4,
+            proto,
+            _pad: [0; 2],
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
 
 /// The reverse direction of a translation (backend → client): after the rewrite the packet
 /// leaves from a node address and must be sent out the uplink rather than routed as a packet

@@ -657,3 +657,105 @@ fn from_pod_svc_translation_keeps_checksum_complete() {
     // (__skb_grow_rcsum, as bpf_skb_change_tail does), a state the stack handles, but test_run
     // compares skb->csum with the output whatever ip_summed says (EBADMSG).
 }
+
+/// Test that a SYN from the backend on a translated flow's reply tuple is not part of that
+/// connection (RFC 9293: a SYN without ACK opens a new one) and is never turned into the
+/// frontend's: it is delivered as sent, and the reverse entry is stale from then on (a later
+/// SYN-ACK on those ports is not translated either).
+#[test]
+fn from_pod_backend_syn_is_never_reverse_translated() {
+    let mut dp = services_on();
+    let (client, fe, be) = ((POD_A, 40000), (VIP, 80), (POD_B, 8080));
+    cluster_ip(&mut dp, IPPROTO_TCP, 80, 0, &[be]);
+    let r = dp.run(
+        FROM_POD,
+        &sent(&A, VIP, IPPROTO_TCP, &syn(client, fe)),
+        LO_IFINDEX,
+    );
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    b_sends(&mut dp);
+    let before = dp.counters();
+    let backend_syn = sent(&B, POD_A, IPPROTO_TCP, &syn(be, client));
+    let r = dp.run(FROM_POD, &backend_syn, LO_IFINDEX);
+    assert_out(
+        &r,
+        TC_ACT_REDIRECT,
+        &delivered(&A, POD_B, IPPROTO_TCP, &syn(be, client)),
+    );
+    let backend_syn_ack = sent(&B, POD_A, IPPROTO_TCP, &syn_ack(be, client));
+    let r = dp.run(FROM_POD, &backend_syn_ack, LO_IFINDEX);
+    assert_out(
+        &r,
+        TC_ACT_REDIRECT,
+        &delivered(&A, POD_B, IPPROTO_TCP, &syn_ack(be, client)),
+    );
+    let n = backend_syn.len() + backend_syn_ack.len();
+    dp.assert_counted(&before, &[("svc:tc-revnat", 0, 0), ("fwd:local-pod", 2, n)]);
+}
+
+/// Test that a client's SYN straight to the backend from the ports of an earlier translated
+/// connection makes that connection's reverse entry stale: the backend's SYN-ACK then reaches
+/// the client from the backend's own address, not the frontend's.
+#[test]
+fn from_pod_direct_syn_makes_old_reverse_entry_stale() {
+    let mut dp = services_on();
+    let (client, fe, be) = ((POD_A, 40000), (VIP, 80), (POD_B, 8080));
+    cluster_ip(&mut dp, IPPROTO_TCP, 80, 0, &[be]);
+    dp.run(
+        FROM_POD,
+        &sent(&A, VIP, IPPROTO_TCP, &syn(client, fe)),
+        LO_IFINDEX,
+    );
+    // Straight to the backend, same source port: delivered untranslated.
+    let r = dp.run(
+        FROM_POD,
+        &sent(&A, POD_B, IPPROTO_TCP, &syn(client, be)),
+        LO_IFINDEX,
+    );
+    assert_out(
+        &r,
+        TC_ACT_REDIRECT,
+        &delivered(&B, POD_A, IPPROTO_TCP, &syn(client, be)),
+    );
+    let rev = dp.lb_ct_raw()[&tuple(IPPROTO_TCP, be, client)];
+    assert_ne!(rev.life.seen & datapath_common::flow::SEEN_STALE, 0);
+    b_sends(&mut dp);
+    let r = dp.run(
+        FROM_POD,
+        &sent(&B, POD_A, IPPROTO_TCP, &syn_ack(be, client)),
+        LO_IFINDEX,
+    );
+    assert_out(
+        &r,
+        TC_ACT_REDIRECT,
+        &delivered(&A, POD_B, IPPROTO_TCP, &syn_ack(be, client)),
+    );
+}
+
+/// Test that each direction of a translated connection records what it saw (RFC 9293 flags):
+/// the client's SYN and RST in the forward entry, the backend's answer in the reverse one,
+/// with a "last seen" time; a new SYN after the reset starts a new life.
+#[test]
+fn from_pod_translation_records_tcp_state() {
+    use datapath_common::flow::{SEEN_PKT, SEEN_RST, SEEN_SYN};
+    let mut dp = services_on();
+    let (client, fe, be) = ((POD_A, 40000), (VIP, 80), (POD_B, 8080));
+    cluster_ip(&mut dp, IPPROTO_TCP, 80, 0, &[be]);
+    let syn_frame = sent(&A, VIP, IPPROTO_TCP, &syn(client, fe));
+    dp.run(FROM_POD, &syn_frame, LO_IFINDEX);
+    let fwd_key = tuple(IPPROTO_TCP, client, fe);
+    let rev_key = tuple(IPPROTO_TCP, be, client);
+    let ct = dp.lb_ct_raw();
+    assert_eq!(ct[&fwd_key].life.seen, SEEN_PKT | SEEN_SYN);
+    assert_ne!(ct[&fwd_key].life.last_ns, 0);
+    assert_eq!(ct[&rev_key].life.seen, 0);
+    let rst = tcp(client.0, fe.0, (client.1, fe.1), (ISN + 1, 0), TCP_RST);
+    dp.run(FROM_POD, &sent(&A, VIP, IPPROTO_TCP, &rst), LO_IFINDEX);
+    assert_eq!(
+        dp.lb_ct_raw()[&fwd_key].life.seen,
+        SEEN_PKT | SEEN_SYN | SEEN_RST
+    );
+    // A new connection on the same ports: its forward entry starts again.
+    dp.run(FROM_POD, &syn_frame, LO_IFINDEX);
+    assert_eq!(dp.lb_ct_raw()[&fwd_key].life.seen, SEEN_PKT | SEEN_SYN);
+}

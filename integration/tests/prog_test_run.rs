@@ -447,6 +447,54 @@ fn uplink_ingress_tcp_reply_reverse_translated() {
     dp.assert_counted(&before, &[("fwd:rev-snat", 1, reply.len())]);
 }
 
+/// Test that a SYN from outside to a masqueraded flow's node port is never a reply (RFC 9293:
+/// a SYN without ACK opens a connection): it is left to the node, untranslated, uncounted.
+#[test]
+fn uplink_ingress_syn_to_masquerade_port_not_translated() {
+    let dp = masquerading();
+    let syn = tcp_frame(true, (POD_A, 40000), (WORLD, 80), TCP_SYN);
+    let port = sport(&dp.run(UPLINK_EGRESS, &syn, LO_IFINDEX).frame);
+    let before = dp.counters();
+    let opening = tcp_frame(false, (WORLD, 80), (NODE_IP, port), TCP_SYN);
+    let r = dp.run(UPLINK_INGRESS, &opening, LO_IFINDEX);
+    assert_eq!(r.verdict, TC_ACT_UNSPEC);
+    assert_eq!(r.frame, opening, "translated");
+    dp.assert_counted(&before, &[]);
+}
+
+/// Test that both masquerade entries of a TCP flow record what their direction saw and when,
+/// a FIN each way closes the flow, and the pod's next SYN on the same tuple starts it afresh
+/// on the same port.
+#[test]
+fn uplink_masquerade_records_tcp_close_and_restart() {
+    use datapath_common::flow::{closed, SEEN_FIN, SEEN_PKT, SEEN_SYN};
+    const TCP_FIN: u8 = 0x01;
+    let dp = masquerading();
+    let syn = tcp_frame(true, (POD_A, 40000), (WORLD, 80), TCP_SYN);
+    let port = sport(&dp.run(UPLINK_EGRESS, &syn, LO_IFINDEX).frame);
+    let reply = tcp_frame(false, (WORLD, 80), (NODE_IP, port), TCP_SYN | TCP_ACK);
+    dp.run(UPLINK_INGRESS, &reply, LO_IFINDEX);
+    let fin = tcp_frame(true, (POD_A, 40000), (WORLD, 80), TCP_FIN | TCP_ACK);
+    dp.run(UPLINK_EGRESS, &fin, LO_IFINDEX);
+    let fin_back = tcp_frame(false, (WORLD, 80), (NODE_IP, port), TCP_FIN | TCP_ACK);
+    dp.run(UPLINK_INGRESS, &fin_back, LO_IFINDEX);
+    let (f, r) = (
+        dp.nat_raw(nat::MAP_NAME)[0].1,
+        dp.nat_raw(nat::REV_MAP_NAME)[0].1,
+    );
+    assert_eq!(f.life.seen, SEEN_PKT | SEEN_SYN | SEEN_FIN);
+    assert_eq!(r.life.seen, SEEN_PKT | SEEN_FIN);
+    assert!(f.life.last_ns > 0 && r.life.last_ns > 0);
+    assert!(closed(f.life.seen, r.life.seen));
+    let again = sport(&dp.run(UPLINK_EGRESS, &syn, LO_IFINDEX).frame);
+    assert_eq!(again, port);
+    let (f, r) = (
+        dp.nat_raw(nat::MAP_NAME)[0].1,
+        dp.nat_raw(nat::REV_MAP_NAME)[0].1,
+    );
+    assert!(!closed(f.life.seen, r.life.seen), "{f:?} {r:?}");
+}
+
 /// Test that the reply to a masqueraded UDP flow is translated back with a valid checksum.
 #[test]
 fn uplink_ingress_udp_reply_reverse_translated() {

@@ -17,7 +17,7 @@ impl api::Handler for Shared {
         let endpoints = user::Endpoints::open(bpffs)
             .and_then(|e| e.list())
             .map(|l| l.len());
-        let counters = user::read_metrics(bpffs)
+        let counters: Vec<api::Counter> = user::read_metrics(bpffs)
             .map(|c| {
                 c.into_iter()
                     .map(|(r, p, b)| api::Counter {
@@ -27,6 +27,15 @@ impl api::Handler for Shared {
                     })
                     .collect()
             })
+            .unwrap_or_default();
+        let no_port_drops = counters
+            .iter()
+            .find(|c| c.reason == "drop:nat-no-port")
+            .map_or(0, |c| c.packets);
+        let flows = self
+            .flows
+            .lock()
+            .map(|f| f.status(no_port_drops))
             .unwrap_or_default();
         Ok(api::Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -90,6 +99,7 @@ impl api::Handler for Shared {
                 .unwrap_or_default(),
             hostport_conflicts: self.lb.lock().map_or(0, |l| l.hostport_conflicts.len()),
             hostport_conflicts_total: self.lb.lock().map_or(0, |l| l.hostport_conflicts_total),
+            flows,
         })
     }
 

@@ -79,6 +79,24 @@ struct Args {
     /// Do not masquerade pod traffic leaving for the outside.
     #[arg(long)]
     no_masquerade: bool,
+    /// Node ports masqueraded flows are translated to (MIN-MAX, inclusive; a port is taken per
+    /// destination address, port and protocol, so this bounds the node's connections to one
+    /// destination). Refused if it overlaps the node's ephemeral ports
+    /// (net.ipv4.ip_local_port_range, where the node's own connections take their ports) or the
+    /// NodePort range 30000-32767. Default: the widest range of 1024-65535 outside both
+    /// (1024-29999 with Linux's default 32768-60999).
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_ports)]
+    masquerade_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Idle timeouts of flow state (masquerade, TC Service translation, policy tracking), as
+    /// STATE=SECONDS,… over the defaults: tcp-syn=60 (never answered), tcp-established=21600,
+    /// tcp-half-closed=120 (FIN one way), tcp-closed=10 (FIN both ways or RST), udp=30,
+    /// udp-replied=120, icmp=30, other=30. A map more than half full is collected with
+    /// shorter ones.
+    #[arg(long, value_name = "STATE=SECONDS,...", value_parser = daemon::flows::parse_timeouts, default_value = "")]
+    flow_timeouts: datapath_common::flow::Timeouts,
+    /// How often expired flows are collected, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_seconds)]
+    flow_gc_interval: f64,
     /// Pod interface MTU. Default: the uplink's MTU.
     #[arg(long)]
     mtu: Option<u32>,
@@ -88,6 +106,20 @@ struct Args {
     /// Remove Sluice from this node (uplink programs, pins, CNI config and binary) and exit.
     #[arg(long)]
     uninstall: bool,
+}
+
+fn parse_ports(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    daemon::masq::parse_range(s)
+}
+
+fn parse_seconds(s: &str) -> anyhow::Result<f64> {
+    let v: f64 = s
+        .parse()
+        .with_context(|| format!("{s:?} is not a number of seconds"))?;
+    if !(v >= 0.05 && v.is_finite()) {
+        anyhow::bail!("{s} s: at least 0.05 s");
+    }
+    Ok(v)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -169,6 +201,9 @@ fn main() -> anyhow::Result<()> {
         maglev: args.lb_algorithm == LbAlgorithm::Maglev,
         external_ips: args.external_ips,
         mtu: args.mtu,
+        masquerade_ports: args.masquerade_ports,
+        flow_timeouts: args.flow_timeouts,
+        flow_gc_interval: std::time::Duration::from_secs_f64(args.flow_gc_interval),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

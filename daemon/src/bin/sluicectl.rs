@@ -183,6 +183,47 @@ fn main() -> anyhow::Result<()> {
                     s.hostport_conflicts
                 );
             }
+            let f = &s.flows;
+            let m = &f.masquerade;
+            println!(
+                "Masquerade ports: {} ({} per destination), {} in use{}, {} packets dropped for \
+                 want of a port",
+                m.ports,
+                m.ports_per_destination,
+                m.ports_in_use,
+                m.busiest_destination
+                    .as_ref()
+                    .map(|d| format!(" (most: {} to {d})", m.busiest_ports_in_use))
+                    .unwrap_or_default(),
+                m.no_port_drops
+            );
+            println!(
+                "Flows:         collector every {}s, {} runs, last {} ({} ms)",
+                f.gc_interval_seconds,
+                f.gc_runs,
+                f.last_run_seconds_ago
+                    .map(|s| format!("{s}s ago"))
+                    .unwrap_or_else(|| "never".into()),
+                f.last_run_ms
+            );
+            for mp in &f.maps {
+                let states: Vec<String> =
+                    mp.states.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "  {:<12} {:>7} of {:>7} entries, expired {} (total {}){}  {}",
+                    mp.map,
+                    mp.entries,
+                    mp.capacity,
+                    mp.expired,
+                    mp.expired_total,
+                    if mp.pressure > 0 {
+                        format!(", PRESSURE {}", mp.pressure)
+                    } else {
+                        String::new()
+                    },
+                    states.join(" ")
+                );
+            }
             println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
             println!(
                 "Agent uptime:  {}s (version {})",

@@ -208,6 +208,15 @@ impl Datapath {
 
     /// Every entry of a NAT map, sorted.
     pub fn nat(&self, map: &str) -> Vec<(nat::Tuple, nat::Binding)> {
+        let mut v = self.nat_raw(map);
+        for (_, b) in &mut v {
+            b.life = Default::default();
+        }
+        v
+    }
+
+    /// [`Self::nat`] with each entry's life (timestamps, flags seen) as the programs wrote it.
+    pub fn nat_raw(&self, map: &str) -> Vec<(nat::Tuple, nat::Binding)> {
         let m: HashMap<_, nat::Tuple, nat::Binding> =
             HashMap::try_from(self.ebpf.map(map).unwrap()).unwrap();
         let mut v: Vec<_> = m.iter().map(|e| e.expect("read NAT entry")).collect();
@@ -323,7 +332,8 @@ pub fn binding(addr: [u8; 4], port: u16) -> nat::Binding {
     nat::Binding {
         addr: ip_key(addr).addr,
         port: port.to_be(),
-        _pad: [0; 2],
+        _pad: [0; 6],
+        life: datapath_common::flow::Life::default(),
     }
 }
 

@@ -37,8 +37,17 @@ impl Datapath {
         m.insert(id, table, 0).expect("insert Maglev table");
     }
 
-    /// Every entry of the TC translation table (`SL_LBCT_V1`).
+    /// Every entry of the TC translation table (`SL_LBCT_V2`), lives left out.
     pub fn lb_ct(&self) -> StdHashMap<nat::Tuple, svc::Xlate> {
+        let mut m = self.lb_ct_raw();
+        for x in m.values_mut() {
+            x.life = Default::default();
+        }
+        m
+    }
+
+    /// Every entry of the TC translation table with its life as the programs wrote it.
+    pub fn lb_ct_raw(&self) -> StdHashMap<nat::Tuple, svc::Xlate> {
         let m: HashMap<_, nat::Tuple, svc::Xlate> =
             HashMap::try_from(self.ebpf.map(svc::CT_MAP_NAME).unwrap()).unwrap();
         m.iter()
@@ -85,6 +94,7 @@ pub fn xlate(src: ([u8; 4], u16), dst: ([u8; 4], u16), id: u32, flags: u32) -> s
         id,
         flags,
         _pad: 0,
+        life: datapath_common::flow::Life::default(),
     }
 }
 
