@@ -184,14 +184,32 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Gives the memory glibc's allocator holds free back to the system, in every arena: after
 /// the objects of 10,000 removed files are freed it would otherwise keep most of it (freed
-/// chunks below the top of a heap are not returned by `free`).
+/// chunks below the top of a heap are not returned by `free`, and each thread of the
+/// blocking pool that parsed files has an arena of its own).
 fn trim() {
     #[cfg(target_env = "gnu")]
     {
+        let before = rss_mib();
         // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is passed.
-        let released = unsafe { libc::malloc_trim(0) };
-        debug!(released, "gave freed memory back to the system");
+        unsafe { libc::malloc_trim(0) };
+        info!(
+            rss_mib_before = before,
+            rss_mib_after = rss_mib(),
+            "many manifest objects removed: gave freed memory back to the system"
+        );
     }
+}
+
+/// This process's resident memory in MiB (`/proc/self/statm`), 0 if unknown.
+#[cfg(target_env = "gnu")]
+fn rss_mib() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page >> 20
 }
 
 /// Runs `f` on the blocking pool; `None` if the runtime cancelled it (shutting down).
