@@ -48,8 +48,9 @@ pub struct ManifestDir {
 pub struct Rescan {
     /// Whether the cluster state differs from the one before.
     pub changed: bool,
-    /// Objects that left the state (the watcher gives memory back after many).
-    pub removed: usize,
+    /// How many objects more or fewer the state holds (the watcher gives freed memory back
+    /// after large changes).
+    pub moved: usize,
     /// Problems found. Each is reported once: a file that stays broken the same way, or a
     /// directory that stays missing, is not reported again.
     pub errors: Vec<ManifestError>,
@@ -216,14 +217,14 @@ impl ManifestDir {
                 ..Rescan::default()
             };
         };
-        let removed = base.len().saturating_sub(next.len());
+        let moved = base.len().abs_diff(next.len());
         let changed = next != *base;
         if changed {
             self.state = Arc::new(next);
         }
         Rescan {
             changed,
-            removed,
+            moved,
             errors,
         }
     }
@@ -546,7 +547,7 @@ spec:
         assert_eq!(manifests.status().duplicates, 0);
         fs::remove_file(&zero).expect("rm");
         let rescan = manifests.refresh([zero]);
-        assert_eq!(rescan.removed, 1);
+        assert_eq!(rescan.moved, 1);
         assert!(manifests.state().is_empty());
     }
 

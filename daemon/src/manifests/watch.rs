@@ -22,7 +22,7 @@
 //!   rescan), since inotify reports events of the directory's entries.
 //!
 //! An idle agent does nothing here (no timer runs while the directory is there). After many
-//! objects left the state, freed memory is given back to the system ([`trim`]).
+//! objects entered or left the state, freed memory is given back to the system ([`trim`]).
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd as _, AsRawFd, RawFd};
@@ -46,8 +46,8 @@ pub const SETTLE: Duration = Duration::from_millis(20);
 pub const MAX_DELAY: Duration = Duration::from_millis(200);
 /// How often a removed directory is looked for.
 pub const DIR_RETRY: Duration = Duration::from_millis(500);
-/// After this many objects left the state, freed memory is given back…
-const TRIM_AFTER_REMOVED: usize = 1000;
+/// After this many objects entered or left the state, freed memory is given back…
+const TRIM_AFTER_MOVED: usize = 1000;
 /// …this long after the last change, once the agent dropped the old state and what it
 /// derived from it.
 const TRIM_DELAY: Duration = Duration::from_secs(2);
@@ -109,7 +109,7 @@ async fn run(
 ) {
     let dir = manifests.dir().display().to_string();
     info!(%dir, objects = manifests.state().len(), "loaded manifests, watching for changes");
-    let mut removed = 0;
+    let mut moved = 0;
     let mut trim_at: Option<Instant> = None;
     loop {
         let mut batch = tokio::select! {
@@ -121,7 +121,7 @@ async fn run(
             () = tokio::time::sleep(DIR_RETRY), if notify.wd.is_none() => Batch::default(),
             () = sleep_until(trim_at) => {
                 trim_at = None;
-                removed = 0;
+                moved = 0;
                 if blocking(trim).await.is_none() {
                     return;
                 }
@@ -150,7 +150,7 @@ async fn run(
             if !batch.names.is_empty() {
                 let more = manifests.refresh(batch.names);
                 rescan.changed |= more.changed;
-                rescan.removed += more.removed;
+                rescan.moved += more.moved;
                 rescan.errors.extend(more.errors);
             }
             (manifests, rescan)
@@ -168,8 +168,8 @@ async fn run(
         }
         let now = manifests.status();
         status.send_if_modified(|s| std::mem::replace(s, now) != now);
-        removed += rescan.removed;
-        if removed >= TRIM_AFTER_REMOVED {
+        moved += rescan.moved;
+        if moved >= TRIM_AFTER_MOVED {
             trim_at = Some(Instant::now() + TRIM_DELAY);
         }
     }
@@ -195,7 +195,7 @@ fn trim() {
         info!(
             rss_mib_before = before,
             rss_mib_after = rss_mib(),
-            "many manifest objects removed: gave freed memory back to the system"
+            "many manifest objects added or removed: gave freed memory back to the system"
         );
     }
 }
