@@ -209,7 +209,7 @@ fn rss_mib() -> u64 {
         .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
-    pages * page >> 20
+    (pages * page) >> 20
 }
 
 /// Runs `f` on the blocking pool; `None` if the runtime cancelled it (shutting down).
