@@ -646,4 +646,31 @@ spec:
         }
         assert_eq!(app(&rx.borrow(), "web").as_deref(), Some("a"));
     }
+
+    /// Test that a file renamed out of the directory (or to a name that is not a manifest)
+    /// loses its objects, and one renamed in from elsewhere brings them; a subdirectory
+    /// named like a manifest is not read.
+    #[tokio::test]
+    async fn watch_follows_renames_in_and_out() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "web.yaml", &pod_yaml("web", "x"));
+        let Watch { state: mut rx, .. } = watch(dir.path().to_owned()).expect("watch");
+        assert!(app(&rx.borrow(), "web").is_some());
+        fs::rename(dir.path().join("web.yaml"), outside.path().join("web.yaml")).expect("mv out");
+        wait_for(&mut rx, "web renamed out", |s| app(s, "web").is_none()).await;
+        write(outside.path(), "db.yaml", &pod_yaml("db", "y"));
+        fs::rename(outside.path().join("db.yaml"), dir.path().join("db.yaml")).expect("mv in");
+        wait_for(&mut rx, "db renamed in", |s| app(s, "db").is_some()).await;
+        fs::rename(dir.path().join("db.yaml"), dir.path().join("db.yaml.bak")).expect("mv");
+        fs::create_dir(dir.path().join("sub.yaml")).expect("mkdir");
+        write(
+            &dir.path().join("sub.yaml"),
+            "inner.yaml",
+            &pod_yaml("inner", "z"),
+        );
+        write(dir.path(), "sentinel.yaml", &pod_yaml("sentinel", "s"));
+        let state = wait_for(&mut rx, "sentinel", |s| app(s, "sentinel").is_some()).await;
+        assert!(app(&state, "db").is_none() && app(&state, "inner").is_none());
+    }
 }
