@@ -64,6 +64,8 @@ struct Shared {
     adopted_maps: usize,
     started: Instant,
     cluster: RwLock<Arc<ClusterState>>,
+    /// Standalone mode: what the manifest reader holds and refused.
+    manifest_status: Option<tokio::sync::watch::Receiver<manifests::ReaderStatus>>,
     lb: Mutex<LbState>,
     policy: Mutex<PolicyState>,
     /// Local pods whose address is outside `pod_cidrs` (`ns/name address`).
@@ -126,12 +128,14 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&s.state_dir)?;
 
     // Cluster state first: the Node object may carry the pod CIDR.
+    let mut manifest_status = None;
     let (mut updates, initial) = match (&s.manifests, use_api(&s)) {
         (Some(dir), _) => {
-            let (rx, _task) = manifests::watch(dir.clone(), Duration::from_millis(200))
+            let w = manifests::watch(dir.clone())
                 .with_context(|| format!("watch manifests in {}", dir.display()))?;
-            let first = rx.borrow().clone();
-            (Some(rx), first)
+            manifest_status = Some(w.status);
+            let first = w.state.borrow().clone();
+            (Some(w.state), first)
         }
         (None, true) => {
             let src = crate::kube::KubeSource::new(s.kubeconfig.clone(), s.node_name.clone());
@@ -260,6 +264,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         adopted_maps: dp.adopted_maps,
         started: Instant::now(),
         cluster: RwLock::new(initial),
+        manifest_status,
         policy: Mutex::new(PolicyState {
             maps: enforce::PolicyMaps::open(&s.bpffs)?,
             set: policy::PolicySet::default(),

@@ -71,6 +71,9 @@ pub struct Status {
     pub endpoints: usize,
     pub adopted_maps: usize,
     pub manifests: Option<String>,
+    /// Standalone mode: what the manifest reader holds and refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_reader: Option<ManifestReaderStatus>,
     pub uptime_seconds: u64,
     pub counters: Vec<Counter>,
     /// NetworkPolicy as programmed by the last reconciliation.
@@ -154,6 +157,18 @@ pub struct MasqueradeStatus {
     pub busiest_ports_in_use: u64,
     /// Packets dropped because no port was free for their destination (`drop:nat-no-port`).
     pub no_port_drops: u64,
+}
+
+/// The manifest reader's counts (standalone mode).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestReaderStatus {
+    pub files: usize,
+    pub objects: usize,
+    /// Files whose current contents are not in the state (see the agent's log).
+    pub rejected_files: usize,
+    /// Definitions ignored because the same object was defined first elsewhere.
+    pub duplicates: usize,
 }
 
 /// What the NetworkPolicy maps hold, and what did not fit (each failed closed).
@@ -358,6 +373,7 @@ mod tests {
                 endpoints: 3,
                 adopted_maps: 0,
                 manifests: None,
+                manifest_reader: None,
                 uptime_seconds: 1,
                 counters: vec![],
                 policy: PolicyStatus::default(),

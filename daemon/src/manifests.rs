@@ -1,15 +1,20 @@
 //! Standalone mode (`--manifests DIR`): the cluster state read from Kubernetes manifests in a
 //! directory instead of from the API server, and followed while the agent runs.
 //!
-//! [`parse_file`] turns one YAML or JSON file into model [`Object`]s; [`ManifestDir`] keeps
-//! the objects of every file of a directory and rescans it for changes; [`watch`] polls a
-//! [`ManifestDir`] on a tokio task and publishes each new [`ClusterState`]. Objects of kinds
-//! the model does not hold are skipped; of `status`, only a Pod's addresses, phase and
-//! conditions are kept (how a pod of another node becomes a policy peer or an endpoint).
+//! [`parse_file`] turns one YAML or JSON file into model [`Object`]s, within the bounds of
+//! [`bounds`] (size, nesting, regular files only); [`ManifestDir`] keeps the cluster state
+//! made of every file of a directory, and which file each object comes from ([`claims`]: the
+//! first file to define an object keeps it, a duplicate waits); [`watch`] follows the
+//! directory with inotify on a tokio task, re-reads only the files that changed and
+//! publishes each new [`ClusterState`]. Objects of kinds the model does not hold are skipped;
+//! of `status`, only a Pod's addresses, phase and conditions are kept (how a pod of another
+//! node becomes a policy peer or an endpoint).
 //!
 //! [`Object`]: crate::model::Object
 //! [`ClusterState`]: crate::model::ClusterState
 
+pub mod bounds;
+mod claims;
 mod dir;
 mod parse;
 mod watch;
@@ -19,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use dir::{ManifestDir, Rescan};
 pub use parse::{parse_bytes, parse_file};
-pub use watch::watch;
+pub use watch::{watch, Watch};
 
 use crate::model::{Kind, ModelError};
 
@@ -123,15 +128,56 @@ pub enum ManifestError {
         #[source]
         source: ModelError,
     },
-    #[error("{kind} {key} is defined twice, in {} and in {}; using the latter", first.display(), path.display())]
+    #[error("{kind} {key} in {} is already defined {}: the first definition stays, this one is ignored until that one is gone", path.display(), defined_in(path, first))]
     Duplicate {
-        /// The file whose definition wins (the later one in path order).
+        /// The file of the definition ignored.
         path: PathBuf,
+        /// The file of the definition that stays (the first seen; `path` itself when a
+        /// file defines an object twice).
         first: PathBuf,
         kind: Kind,
         /// `namespace/name`, or `name` for cluster-scoped kinds.
         key: String,
     },
+    #[error("{} is larger than {limit} bytes (the API server's limit on a request); not read", path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error("{} nests deeper than {limit} levels at line {line}; not parsed", path.display())]
+    TooDeep {
+        path: PathBuf,
+        limit: usize,
+        line: usize,
+    },
+    #[error("{} is {what}, not a regular file; skipped", path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("cannot watch manifest directory {} for changes", path.display())]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn defined_in(path: &Path, first: &Path) -> String {
+    if path == first {
+        "earlier in the same file".to_owned()
+    } else {
+        format!("in {}", first.display())
+    }
+}
+
+/// What the manifest reader holds and what it refused, for `sluicectl status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderStatus {
+    /// Manifest files in the directory (by name), good or not.
+    pub files: usize,
+    /// Objects in the cluster state.
+    pub objects: usize,
+    /// Files whose current contents are not in the state (unreadable, too large, too deep,
+    /// invalid, not a regular file); an invalid file keeps its last good objects.
+    pub rejected_files: usize,
+    /// Definitions ignored because another one of the same kind, namespace and name came
+    /// first.
+    pub duplicates: usize,
 }
 
 impl ManifestError {
@@ -151,7 +197,11 @@ impl ManifestError {
             | ManifestError::BadListItems { path, .. }
             | ManifestError::Decode { path, .. }
             | ManifestError::Rejected { path, .. }
-            | ManifestError::Duplicate { path, .. } => path,
+            | ManifestError::Duplicate { path, .. }
+            | ManifestError::TooLarge { path, .. }
+            | ManifestError::TooDeep { path, .. }
+            | ManifestError::NotAFile { path, .. }
+            | ManifestError::Watch { path, .. } => path,
         }
     }
 }

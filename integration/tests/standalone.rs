@@ -442,3 +442,185 @@ fn standalone_broken_manifest_does_not_crash_agent() {
     assert_eq!(s["datapathLoaded"], true, "{s}");
     assert!(late.ping(web.ip), "pods cannot reach each other");
 }
+
+/// A pod of namespace `ns` named `name` with one label.
+fn pod_yaml(ns: &str, name: &str, key: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    \
+         {key}: {value}\nspec:\n  containers:\n  - name: app\n    image: busybox:1.36\n"
+    )
+}
+
+/// The agent log's lines that mention `needle`.
+fn log_lines_with(node: &Node, needle: &str) -> Vec<String> {
+    node.agent_log()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+/// The manifest reader's counts in `sluicectl status -o json`.
+fn reader_status(node: &Node) -> Value {
+    let s = node.sluicectl_json(&["status"]);
+    s["manifestReader"].clone()
+}
+
+/// Test that a Pod defined a second time, in a later file, does not replace the first
+/// definition (whose labels keep serving); the duplicate is an error in the log naming both
+/// files and is counted in `sluicectl status`; once the first file is removed the duplicate
+/// takes over.
+#[test]
+fn standalone_duplicate_pod_keeps_first_definition() {
+    let mut node = standalone_node();
+    write_manifest(&node, "node.yaml", NODE_YAML);
+    write_manifest(&node, "shop.yaml", SHOP_YAML);
+    node.start_agent();
+    let _web = add_pod_in(&node, "shop", "web");
+    let _other = node.add_pod("other");
+    let web_v1 = labels(&[("app.kubernetes.io/name", "web"), ("tier", "frontend")]);
+    wait_for_labels(
+        &node,
+        "initial manifests",
+        Instant::now(),
+        &[("shop/web", web_v1.clone())],
+    );
+
+    // Later in path order, and later in time: a duplicate either way.
+    write_manifest(
+        &node,
+        "zz-dup.yaml",
+        &pod_yaml("shop", "web", "app.kubernetes.io/name", "impostor"),
+    );
+    // Written after the duplicate: whatever has read this file has read the duplicate.
+    write_manifest(
+        &node,
+        "other.yaml",
+        &pod_yaml("default", "other", "seen", "yes"),
+    );
+    wait_for_labels(
+        &node,
+        "a duplicate next to the first definition",
+        Instant::now(),
+        &[
+            ("default/other", labels(&[("seen", "yes")])),
+            ("shop/web", web_v1),
+        ],
+    );
+    let dup = log_lines_with(&node, "zz-dup.yaml");
+    assert!(
+        dup.iter()
+            .any(|l| l.contains("ERROR") && l.contains("shop.yaml") && l.contains("shop/web")),
+        "no error naming both files:\n{}",
+        node.agent_log()
+    );
+    let r = reader_status(&node);
+    assert_eq!(r["duplicates"], 1, "{r}");
+    assert_eq!(r["rejectedFiles"], 0, "{r}");
+
+    std::fs::remove_file(node.manifests_dir().join("shop.yaml")).unwrap();
+    wait_for_labels(
+        &node,
+        "the first definition removed",
+        Instant::now(),
+        &[(
+            "shop/web",
+            labels(&[("app.kubernetes.io/name", "impostor")]),
+        )],
+    );
+    assert_eq!(reader_status(&node)["duplicates"], 0);
+}
+
+/// Test that manifests nested 100,000 deep (200 KB) and a 1 GiB sparse file do not hold up
+/// a change in another file: they are refused before parsing (each logged with its reason)
+/// and the change is applied as usual.
+#[test]
+fn standalone_deep_or_huge_manifest_does_not_stall_others() {
+    let mut node = standalone_node();
+    write_manifest(&node, "node.yaml", NODE_YAML);
+    node.start_agent();
+    let _other = node.add_pod("other");
+    let head = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: deep\nspec:\n  x:\n";
+    write_manifest(
+        &node,
+        "deep-block.yaml",
+        &format!("{head}{}1\n", "- ".repeat(100_000)),
+    );
+    write_manifest(
+        &node,
+        "deep-flow.yaml",
+        &format!("{head}    {}\n", "[".repeat(200_000)),
+    );
+    let huge = std::fs::File::create(node.manifests_dir().join("huge.yaml")).unwrap();
+    huge.set_len(1 << 30).unwrap();
+    drop(huge);
+    let t = Instant::now();
+    write_manifest(
+        &node,
+        "other.yaml",
+        &pod_yaml("default", "other", "app", "other"),
+    );
+    wait_for_labels(
+        &node,
+        "a change next to deep and huge files",
+        t,
+        &[("default/other", labels(&[("app", "other")]))],
+    );
+    for (file, reason) in [
+        ("deep-block.yaml", "nests deeper than 100 levels"),
+        ("deep-flow.yaml", "nests deeper than 100 levels"),
+        ("huge.yaml", "larger than 3145728 bytes"),
+    ] {
+        wait_for_log(&node, file);
+        let lines = log_lines_with(&node, file);
+        assert!(
+            lines.iter().any(|l| l.contains(reason)),
+            "{file}: no {reason:?} in {lines:?}"
+        );
+    }
+    let r = reader_status(&node);
+    assert_eq!(r["rejectedFiles"], 3, "{r}");
+}
+
+/// Test that a FIFO, a dangling symlink and a socket named like manifests, present at start
+/// or made later, each get one log line however many changes follow, and that the agent
+/// (which must never open the FIFO blocking) keeps following changes.
+#[test]
+fn standalone_special_entries_logged_once() {
+    let mut node = standalone_node();
+    write_manifest(&node, "node.yaml", NODE_YAML);
+    let dir = node.manifests_dir();
+    let fifo = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    nix::unistd::mkfifo(&dir.join("fifo.yaml"), fifo).unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere.yaml"), dir.join("dangling.yaml")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(dir.join("socket.yaml")).unwrap();
+    node.start_agent();
+    let _other = node.add_pod("other");
+    nix::unistd::mkfifo(&dir.join("late-fifo.yml"), fifo).unwrap();
+    for version in ["v1", "v2", "v3"] {
+        write_manifest(
+            &node,
+            "other.yaml",
+            &pod_yaml("default", "other", "version", version),
+        );
+        wait_for_labels(
+            &node,
+            &format!("version {version}"),
+            Instant::now(),
+            &[("default/other", labels(&[("version", version)]))],
+        );
+    }
+    for (name, what) in [
+        ("fifo.yaml", "a FIFO"),
+        ("dangling.yaml", "a dangling symlink"),
+        ("socket.yaml", "a socket"),
+        ("late-fifo.yml", "a FIFO"),
+    ] {
+        let lines = log_lines_with(&node, &format!("/{name}"));
+        assert_eq!(lines.len(), 1, "{name}: {lines:#?}");
+        assert!(lines[0].contains(what), "{name}: {}", lines[0]);
+    }
+    let r = reader_status(&node);
+    assert_eq!(r["rejectedFiles"], 4, "{r}");
+    assert!(agent_alive(&node), "agent died:\n{}", node.agent_log());
+}

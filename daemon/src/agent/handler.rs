@@ -57,6 +57,15 @@ impl api::Handler for Shared {
                 .manifests
                 .as_ref()
                 .map(|p| p.display().to_string()),
+            manifest_reader: self.manifest_status.as_ref().map(|rx| {
+                let r = *rx.borrow();
+                api::ManifestReaderStatus {
+                    files: r.files,
+                    objects: r.objects,
+                    rejected_files: r.rejected_files,
+                    duplicates: r.duplicates,
+                }
+            }),
             uptime_seconds: self.started.elapsed().as_secs(),
             counters,
             policy: self

@@ -224,7 +224,14 @@ fn main() -> anyhow::Result<()> {
                     states.join(" ")
                 );
             }
-            println!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
+            print!("Manifests:     {}", s.manifests.as_deref().unwrap_or("-"));
+            match &s.manifest_reader {
+                Some(m) => println!(
+                    " ({} files, {} objects; {} rejected files, {} duplicates)",
+                    m.files, m.objects, m.rejected_files, m.duplicates
+                ),
+                None => println!(),
+            }
             println!(
                 "Agent uptime:  {}s (version {})",
                 s.uptime_seconds, s.version

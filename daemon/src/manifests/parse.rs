@@ -14,22 +14,35 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Map, Value};
 use tracing::{debug, warn};
 
+use super::bounds::{self, MAX_DEPTH, MAX_FILE_BYTES};
 use super::{manifest_format, Format, ManifestError, Position};
 use crate::model::{Kind, Object};
 
 /// Reads and parses the manifest file at `path`: JSON if its extension is `.json`, YAML
 /// otherwise. Objects of kinds the model does not hold are skipped; the first problem
-/// fails the whole file.
+/// fails the whole file. Only a regular file within [`bounds`] is read.
+///
+/// [`bounds`]: super::bounds
 pub fn parse_file(path: &Path) -> Result<Vec<Object>, ManifestError> {
-    let bytes = std::fs::read(path).map_err(|source| ManifestError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_bytes(path, &bytes)
+    match bounds::read(path)? {
+        Some((bytes, _)) => parse_bytes(path, &bytes),
+        None => Err(ManifestError::Read {
+            path: path.to_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }),
+    }
 }
 
-/// Parses the contents of the manifest file at `path`, as [`parse_file`] does.
+/// Parses the contents of the manifest file at `path`, as [`parse_file`] does. Contents
+/// larger than [`MAX_FILE_BYTES`] or nested deeper than [`MAX_DEPTH`] are refused before
+/// the parser runs.
 pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<Object>, ManifestError> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ManifestError::TooLarge {
+            path: path.to_owned(),
+            limit: MAX_FILE_BYTES,
+        });
+    }
     let mut parser = Parser {
         path,
         objects: Vec::new(),
@@ -53,6 +66,9 @@ impl Parser<'_> {
             source,
         })?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if let Some(line) = bounds::yaml_too_deep(text, MAX_DEPTH) {
+            return Err(self.too_deep(line));
+        }
         for (index, doc) in split_documents(text).into_iter().enumerate() {
             let position = Position {
                 document: index + 1,
@@ -74,6 +90,9 @@ impl Parser<'_> {
     }
 
     fn json(&mut self, bytes: &[u8]) -> Result<(), ManifestError> {
+        if let Some(line) = bounds::json_too_deep(bytes, MAX_DEPTH) {
+            return Err(self.too_deep(line));
+        }
         let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
         for (index, value) in stream.enumerate() {
             let position = Position {
@@ -197,6 +216,14 @@ impl Parser<'_> {
         let obj = decode(kind, Value::Object(map)).map_err(decode_error)?;
         self.objects.push(obj);
         Ok(())
+    }
+
+    fn too_deep(&self, line: usize) -> ManifestError {
+        ManifestError::TooDeep {
+            path: self.path.to_owned(),
+            limit: MAX_DEPTH,
+            line,
+        }
     }
 
     fn not_an_object(&self, position: Position, value: &Value) -> ManifestError {

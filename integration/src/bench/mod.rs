@@ -11,7 +11,8 @@
 //! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator, [`topo`] the
 //! four systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
 //! timing, [`svc`] the Service scenarios, their two systems and the rules kube-proxy writes,
-//! [`policy`] the NetworkPolicy scenarios, their manifests, systems and probe, [`run`] rounds
+//! [`policy`] the NetworkPolicy scenarios, their manifests, systems and probe, [`manifests`]
+//! the standalone manifest reader idle with 10,000 files, [`run`] rounds
 //! and rotation, [`report`] the table and JSON, [`targets`] the issues' targets judged,
 //! [`saved`] the result files written, and read back for a partial run to merge into, [`svg`]
 //! the picture, [`machine`] what it ran on.
@@ -20,6 +21,7 @@ pub mod cni;
 pub mod hist;
 pub mod load;
 pub mod machine;
+pub mod manifests;
 pub mod measure;
 pub mod policy;
 pub mod report;

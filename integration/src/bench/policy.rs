@@ -59,8 +59,8 @@ const RSS_PODS: usize = 1000;
 /// `agent-rss-policies`' figure on the traffic scenarios' node (103 CNI pods, 100 of them
 /// peers the agent compiles; the remote pods it does not, see [`manifests`]).
 const LOCAL_METRIC: &str = "mib-103-local-pods";
-/// The agent re-reads a manifest modified less than 2 s ago on every rescan
-/// (`daemon::manifests::dir::RACY_WINDOW`): memory is read once that is over.
+/// Memory is read once the agent has settled after a change (its reconciliation and, after
+/// large changes, the manifest reader giving freed memory back 2 s later).
 const SETTLE: Duration = Duration::from_millis(3000);
 /// Connect timeout of the `policy-apply` probe: the resolution of a denial's detection.
 const PROBE_TIMEOUT_MS: u64 = 15;

@@ -91,7 +91,10 @@ pub struct Results {
 fn group(scenario: &str) -> u8 {
     if scenario.starts_with("svc-") {
         1
-    } else if scenario.starts_with("policy-") || scenario.starts_with("agent-rss-") {
+    } else if scenario.starts_with("policy-")
+        || scenario.starts_with("agent-rss-")
+        || scenario.starts_with("manifests-")
+    {
         2
     } else {
         0

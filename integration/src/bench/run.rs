@@ -11,6 +11,7 @@ use std::{path::PathBuf, time::Instant};
 use super::{
     check_interrupted, cni,
     load::Mode,
+    manifests,
     measure::{self, Cpus, Load, Peers, Timing},
     policy,
     report::{num, Results},
@@ -19,7 +20,7 @@ use super::{
     Context as _, Error, Result,
 };
 
-pub const SCENARIOS: [&str; 24] = [
+pub const SCENARIOS: [&str; 25] = [
     "pod-pod-rr-1b",
     "pod-pod-rr-1k",
     "pod-pod-crr",
@@ -44,6 +45,7 @@ pub const SCENARIOS: [&str; 24] = [
     "policy-stream",
     "policy-apply",
     "agent-rss-policies",
+    "manifests-idle-10k",
 ];
 
 /// A `sluice-load` scenario.
@@ -168,14 +170,16 @@ pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S
 [--only SCENARIO,...] [--results-dir DIR] [--agent-arg A]... [--iptables-legacy]
   --quick        smoke mode: 3 rounds of ~1 s per measurement, 20 pods for cni-add/cni-del,
                  1 round of svc-program-10000 and of agent-rss-policies, 20 policy-apply
-                 changes (writes quick.json/quick.svg/quick.md, not latest.*)
+                 changes, 1 round of manifests-idle-10k with a 2 s idle window
+                 (writes quick.json/quick.svg/quick.md, not latest.*)
   --rounds N     rounds per scenario (default 5; each figure is the median of N runs)
   --seconds S    measured seconds per traffic run (default 5)
   --only LIST    comma-separated scenarios among: pod-pod-rr-1b pod-pod-rr-1k pod-pod-crr
                  pod-pod-stream sockmap-rr-1b-1conn sockmap-rr-1k-1conn sockmap-rr-1b-64conn
                  sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-rr-1b-1conn-unpinned
                  sockmap-loopback-rr-1b-unpinned sockmap-stream cni-add cni-del cni-add-parallel-100 svc-crr-10 svc-crr-1000 svc-crr-10000 svc-rr-10000
-                 svc-program-10000 policy-rr-1b policy-stream policy-apply agent-rss-policies;
+                 svc-program-10000 policy-rr-1b policy-stream policy-apply agent-rss-policies
+                 manifests-idle-10k;
                  the records measured replace those of the same scenarios in the existing
                  results, the others are kept
   --results-dir  where the JSON, SVG and Markdown go (default bench/results)
@@ -273,12 +277,17 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
     let mut res = Results::default();
     let mut counters = Vec::new();
-    let elsewhere = |s: &&str| svc::SCENARIOS.contains(s) || policy::SCENARIOS.contains(s);
+    let elsewhere = |s: &&str| {
+        svc::SCENARIOS.contains(s)
+            || policy::SCENARIOS.contains(s)
+            || manifests::SCENARIOS.contains(s)
+    };
     if SCENARIOS.iter().any(|s| !elsewhere(s) && cfg.wants(s)) {
         counters = pod_scenarios(cfg, &mut res)?;
     }
     counters.extend(svc::run(cfg, &mut res)?);
     counters.extend(policy::run(cfg, &mut res)?);
+    counters.extend(manifests::run(cfg, &mut res)?);
     let elapsed = started.elapsed();
     let summary = format!(
         "{machine}\nsluice agent flags: {} (sluice-nosockmap: the same and --sockmap=false)\n\

@@ -523,3 +523,34 @@ status: {loadBalancer: {ingress: "not a list"}}
         .find(|s| s.metadata.name.as_deref() == Some("api"));
     assert_eq!(svc.expect("service").status, None);
 }
+
+/// Test that a file nested 100,000 deep (200 KB, as block sequences or flow lists) is
+/// refused by the pre-scan with its line, rather than handed to the parser (whose cost
+/// grows with the square of the depth), and that the size bound holds for bytes given.
+#[test]
+fn parse_refuses_deep_nesting_and_large_contents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in [
+        (
+            "block.yaml",
+            format!("kind: Pod\nx:\n{}1\n", "- ".repeat(100_000)),
+        ),
+        (
+            "flow.yaml",
+            format!("kind: Pod\nx: {}\n", "[".repeat(200_000)),
+        ),
+        ("flow.json", format!("{{\"x\":\n{}", "[".repeat(200_000))),
+    ] {
+        let path = write(&dir, name, &text);
+        match parse_file(&path) {
+            Err(ManifestError::TooDeep { limit, line, .. }) => {
+                assert_eq!(limit, 100, "{name}");
+                assert_eq!(line, if name == "block.yaml" { 3 } else { 2 }, "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let big = vec![b'#'; 3 * 1024 * 1024 + 1];
+    let err = parse_bytes(std::path::Path::new("big.yaml"), &big).expect_err("too large");
+    assert!(matches!(err, ManifestError::TooLarge { .. }), "{err}");
+}
