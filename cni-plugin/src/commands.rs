@@ -683,6 +683,20 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     for (cid, ifname) in &stale {
         teardown(conf, cid, ifname, &mut errors);
     }
+    // hostPort records of attachments the runtime no longer has (an interrupted DEL, or one
+    // whose IPAM record is already gone): the agent would ignore them, but they would stay.
+    let (records, _unreadable) = hostport::read_all(&conf.state_dir);
+    for r in records {
+        if keep.contains(&(r.container_id.as_str(), r.ifname.as_str())) {
+            continue;
+        }
+        if let Err(source) = hostport::remove(&conf.state_dir, &r.container_id, &r.ifname) {
+            errors.push(CniError::Io {
+                what: "remove a stale hostPort record".into(),
+                source,
+            });
+        }
+    }
     for e in &orphans {
         if let Some(eps) = eps.as_mut() {
             remove_endpoint(conf, eps, e.addr, &mut errors);

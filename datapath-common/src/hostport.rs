@@ -50,9 +50,13 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join(DIR)
 }
 
-/// The record file of one attachment.
+/// The record file of one attachment. A container id has no length limit in the CNI spec and a
+/// file name has 255 bytes, so the name holds the id in the endpoint records' form (verbatim up
+/// to 120 bytes, else a prefix and its hash: `crate::user::meta_container_id`); the record
+/// inside keeps the whole id.
 pub fn path(state_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
-    dir(state_dir).join(format!("{container_id}@{ifname}"))
+    let id = crate::user::meta_container_id(container_id);
+    dir(state_dir).join(format!("{id}@{ifname}"))
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -148,7 +152,11 @@ pub fn write(state_dir: &Path, rec: &Record) -> std::io::Result<()> {
     let d = dir(state_dir);
     std::fs::create_dir_all(&d)?;
     let dest = path(state_dir, &rec.container_id, &rec.ifname);
-    let tmp = d.join(format!(".tmp-{}-{}", std::process::id(), rec.container_id));
+    let tmp = d.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        crate::user::meta_container_id(&rec.container_id)
+    ));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(rec.encode().as_bytes())?;

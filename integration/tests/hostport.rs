@@ -59,8 +59,13 @@ fn serve_udp(node: &Node, pod: &Pod, port: u16, udp: Option<u16>) -> Server {
 
 /// ADDs a pod whose runtime passes `mappings` as `runtimeConfig.portMappings`.
 fn add_pod_with_ports(node: &Node, name: &str, mappings: Value) -> Pod {
+    add_pod_with_ports_id(node, name, &unique("c"), mappings)
+}
+
+/// [`add_pod_with_ports`] with the container id `cid`.
+fn add_pod_with_ports_id(node: &Node, name: &str, cid: &str, mappings: Value) -> Pod {
     let ns = Netns::new(&unique("slp"));
-    let cid = unique("c");
+    let cid = cid.to_string();
     let mut call = CniCall::attachment("ADD", "1.0.0", &cid, &ns.path(), name);
     call.extra = json!({"runtimeConfig": {"portMappings": mappings}});
     let out = node.cni(&call);
@@ -263,4 +268,75 @@ fn hostport_conflict_first_pod_keeps_the_port() {
     assert_eq!(answers(&v, "second"), 6, "{v:#}");
     node.del_pod(&second);
     wait_hostport(&node, &frontend, None);
+}
+
+/// The hostPort records the plugin keeps in the node's state dir.
+fn hostport_records(node: &Node) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(node.state_dir().join("hostports"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Test that a container id of a length the CNI spec allows (it sets no limit; 300 bytes here,
+/// more than a file name may hold) carries hostPorts, and that GC removes the hostPort record
+/// and mapping of an attachment missing from `cni.dev/valid-attachments` while the listed
+/// attachment keeps its own.
+#[test]
+fn hostport_long_container_ids_and_gc() {
+    let node = Node::new(NodeOptions::default());
+    let long_id = format!("{}{}", unique("c"), "a".repeat(300));
+    let kept = add_pod_with_ports_id(
+        &node,
+        "kept",
+        &long_id,
+        json!([{"hostPort": 18180, "containerPort": 8080, "protocol": "tcp"}]),
+    );
+    let gone = add_pod_with_ports(
+        &node,
+        "gone",
+        json!([{"hostPort": 18181, "containerPort": 8080, "protocol": "tcp"}]),
+    );
+    let kept_fe = format!("{NODE_IP}:18180/TCP");
+    let gone_fe = format!("{NODE_IP}:18181/TCP");
+    wait_hostport(&node, &kept_fe, Some(&kept.ip.to_string()));
+    wait_hostport(&node, &gone_fe, Some(&gone.ip.to_string()));
+    assert_eq!(
+        hostport_records(&node).len(),
+        2,
+        "{:?}",
+        hostport_records(&node)
+    );
+
+    let mut gc = CniCall::new("GC", "1.1.0");
+    gc.ifname = None;
+    gc.extra = json!({"cni.dev/valid-attachments": [{"containerID": long_id, "ifname": "eth0"}]});
+    node.cni(&gc).assert_ok();
+
+    let left = hostport_records(&node);
+    assert_eq!(
+        left.len(),
+        1,
+        "GC must remove only the unlisted record: {left:?}"
+    );
+    assert!(
+        left[0].ends_with("@eth0") && !left[0].contains(&gone.cid),
+        "the listed attachment's record must stay: {left:?}"
+    );
+    wait_hostport(&node, &gone_fe, None);
+    wait_hostport(&node, &kept_fe, Some(&kept.ip.to_string()));
+
+    node.del_pod(&kept);
+    assert!(
+        hostport_records(&node).is_empty(),
+        "{:?}",
+        hostport_records(&node)
+    );
+    wait_hostport(&node, &kept_fe, None);
 }

@@ -43,10 +43,10 @@ impl Inputs {
         }
         // A record whose attachment is gone (an interrupted ADD, or a DEL that never came)
         // opens nothing.
+        // Endpoint records hold a long container id in digest form: compare in that form.
         hostports.retain(|r| {
-            r.pod_ips
-                .iter()
-                .all(|ip| live.contains(&(r.container_id.as_str(), *ip)))
+            let id = user::meta_container_id(&r.container_id);
+            r.pod_ips.iter().all(|ip| live.contains(&(id.as_str(), *ip)))
         });
         let pods = eps
             .into_iter()
