@@ -46,7 +46,9 @@ impl Inputs {
         // Endpoint records hold a long container id in digest form: compare in that form.
         hostports.retain(|r| {
             let id = user::meta_container_id(&r.container_id);
-            r.pod_ips.iter().all(|ip| live.contains(&(id.as_str(), *ip)))
+            r.pod_ips
+                .iter()
+                .all(|ip| live.contains(&(id.as_str(), *ip)))
         });
         let pods = eps
             .into_iter()

@@ -237,11 +237,8 @@ fn main() -> anyhow::Result<()> {
                 s.uptime_seconds, s.version
             );
             println!("Counters:");
-            for c in &s.counters {
-                println!(
-                    "  {:<22} {:>12} pkts {:>14} bytes",
-                    c.reason, c.packets, c.bytes
-                );
+            for line in counter_lines(&s.counters) {
+                println!("{line}");
             }
         }
         (Reply::Endpoints(eps), Output::Table) => {
@@ -266,4 +263,74 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `Counters:` lines of `status`: names padded to the longest one, each with its own units
+/// (a socket counter counts sockets or messages, not packets).
+fn counter_lines(counters: &[daemon::api::Counter]) -> Vec<String> {
+    let width = counters.iter().map(|c| c.reason.len()).max().unwrap_or(0);
+    counters
+        .iter()
+        .map(|c| {
+            let (first, second) = match c.reason.as_str() {
+                // One count per socket put in the sockhash; its byte column repeats it.
+                "sock:accelerated" => ("sockets", None),
+                "sock:redirected" => ("msgs", Some("bytes")),
+                _ => ("pkts", Some("bytes")),
+            };
+            let mut line = format!("  {:<width$} {:>12} {first:<7}", c.reason, c.packets);
+            if let Some(unit) = second {
+                line.push_str(&format!(" {:>14} {unit}", c.bytes));
+            }
+            line.trim_end().to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(reason: &str, packets: u64, bytes: u64) -> daemon::api::Counter {
+        daemon::api::Counter {
+            reason: reason.into(),
+            packets,
+            bytes,
+        }
+    }
+
+    /// Test that counter columns line up whatever the length of the names, and that socket
+    /// counters are printed in their own units.
+    #[test]
+    fn status_counter_columns_align_and_name_their_units() {
+        let lines = counter_lines(&[
+            counter("fwd:local", 10, 1000),
+            counter("drop:policy-ingress-a-very-long-reason", 2, 120),
+            counter("sock:accelerated", 4, 4),
+            counter("sock:redirected", 7, 7000),
+        ]);
+        // The count column ends where its unit starts, at the same column on every line.
+        let unit_at: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                [" pkts", " msgs", " sockets"]
+                    .iter()
+                    .find_map(|u| l.find(u))
+                    .unwrap()
+            })
+            .collect();
+        assert!(unit_at.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+        assert!(
+            lines[0].ends_with("1000 bytes") && lines[0].contains(" 10 pkts"),
+            "{lines:#?}"
+        );
+        assert!(lines[2].ends_with(" 4 sockets"), "{lines:#?}");
+        assert!(
+            lines[3].contains(" 7 msgs") && lines[3].ends_with("7000 bytes"),
+            "{lines:#?}"
+        );
+        assert!(!lines
+            .iter()
+            .any(|l| l.contains("sockets") && l.contains("bytes")));
+    }
 }
