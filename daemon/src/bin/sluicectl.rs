@@ -276,6 +276,8 @@ fn counter_lines(counters: &[daemon::api::Counter]) -> Vec<String> {
                 // One count per socket put in the sockhash; its byte column repeats it.
                 "sock:accelerated" => ("sockets", None),
                 "sock:redirected" => ("msgs", Some("bytes")),
+                // Counted once per connection the socket hook balanced or policy admitted.
+                "svc:socket-lb" | "policy:allowed-new" => ("conns", None),
                 _ => ("pkts", Some("bytes")),
             };
             let mut line = format!("  {:<width$} {:>12} {first:<7}", c.reason, c.packets);
@@ -308,12 +310,13 @@ mod tests {
             counter("drop:policy-ingress-a-very-long-reason", 2, 120),
             counter("sock:accelerated", 4, 4),
             counter("sock:redirected", 7, 7000),
+            counter("svc:socket-lb", 3, 0),
         ]);
         // The count column ends where its unit starts, at the same column on every line.
         let unit_at: Vec<usize> = lines
             .iter()
             .map(|l| {
-                [" pkts", " msgs", " sockets"]
+                [" pkts", " msgs", " sockets", " conns"]
                     .iter()
                     .find_map(|u| l.find(u))
                     .unwrap()
@@ -329,6 +332,7 @@ mod tests {
             lines[3].contains(" 7 msgs") && lines[3].ends_with("7000 bytes"),
             "{lines:#?}"
         );
+        assert!(lines[4].ends_with(" 3 conns"), "{lines:#?}");
         assert!(!lines
             .iter()
             .any(|l| l.contains("sockets") && l.contains("bytes")));
