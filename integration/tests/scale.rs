@@ -82,6 +82,7 @@ fn expected_pins(bpffs: &Path) -> BTreeSet<PathBuf> {
         nat::REV_MAP_NAME,
         sock::MAP_NAME,
         sock::PODNS_MAP_NAME,
+        sock::JOIN_MAP_NAME,
         svc::MAP_NAME,
         svc::BACKEND_MAP_NAME,
         svc::MAGLEV_MAP_NAME,
@@ -102,6 +103,7 @@ fn expected_pins(bpffs: &Path) -> BTreeSet<PathBuf> {
         "sock4_sendmsg",
         "sock4_recvmsg",
         "sock4_getpeername",
+        pins::SOCK_RELEASE_PROGRAM.1,
     ]
     .map(|l| bpffs.join(pins::LINKS_DIR).join(l));
     maps.chain(progs).chain(links).collect()
