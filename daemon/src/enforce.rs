@@ -32,8 +32,10 @@ mod accel;
 mod capacity;
 #[cfg(test)]
 mod tests_isolation;
+mod trace;
 
 use capacity::{fit, policy_key_addr};
+pub use trace::DatapathVerdict;
 
 type RuleKey = (u32, policy::RuleData);
 /// An inclusive port range, host order.
@@ -72,6 +74,8 @@ pub struct PolicyMaps {
     pub capacity: usize,
     /// What the last [`PolicyMaps::sync`] did.
     pub last: SyncStats,
+    /// What the last [`PolicyMaps::sync`] left out (fail closed), for traces.
+    failed_closed: trace::FailedClosed,
 }
 
 fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
@@ -79,7 +83,8 @@ fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))
 }
 
-fn proto_number(p: Proto) -> u8 {
+/// The IP protocol number the policy maps key a protocol by.
+pub fn proto_number(p: Proto) -> u8 {
     match p {
         Proto::Tcp => 6,
         Proto::Udp => 17,
@@ -250,6 +255,7 @@ impl PolicyMaps {
             failed_closed_total: 0,
             capacity: policy::MAX_ENTRIES as usize,
             last: SyncStats::default(),
+            failed_closed: trace::FailedClosed::default(),
         })
     }
 
@@ -264,6 +270,7 @@ impl PolicyMaps {
         let mut stats = SyncStats::default();
         let mut want: HashMap<RuleKey, policy::RuleValue> = HashMap::new();
         let mut flags: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        let mut failed_closed = trace::FailedClosed::default();
         for e in set.endpoints() {
             for addr in e.addrs.iter().filter(|a| local.contains(a)) {
                 let IpAddr::V4(subject) = addr else { continue };
@@ -305,6 +312,9 @@ impl PolicyMaps {
                             prefix.network().octets(),
                         );
                         let len = policy::fixed_bits() + prefix.prefix() as u32;
+                        if ranges.len() > policy::MAX_RANGES {
+                            failed_closed.entries.insert((len, data));
+                        }
                         want.insert((len, data), v);
                     }
                 }
@@ -312,6 +322,7 @@ impl PolicyMaps {
         }
         for subject in fit(&mut want, self.capacity) {
             stats.failed_closed += 1;
+            failed_closed.endpoints.insert(subject);
             let pod = set
                 .endpoints()
                 .find(|e| e.addrs.iter().any(|a| policy_key_addr(a) == Some(subject)))
@@ -377,6 +388,8 @@ impl PolicyMaps {
             changed = true;
         }
         stats.entries = want.len();
+        failed_closed.entries.retain(|k| want.contains_key(k));
+        self.failed_closed = failed_closed;
         self.programmed = want;
         // 4. Tracked connections are judged again under the new rules.
         let mut rev = self.revision();

@@ -1,8 +1,8 @@
 //! Kubernetes NetworkPolicy (`networking.k8s.io/v1`) compiled per endpoint: the pure
 //! function from the cluster model ([`ClusterState`]) and this node's facts ([`LocalNode`])
 //! to a [`PolicySet`], the per-pod form the datapath's policy maps will be generated from,
-//! and [`verdict`], which answers for one connection whether it is allowed and why (the
-//! engine of a future `sluicectl policy trace`).
+//! and [`verdict`], which answers for one connection whether the policies allow it and why
+//! (`sluicectl policy trace` explains the datapath's own verdict with it).
 //!
 //! # Representation
 //!
