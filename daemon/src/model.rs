@@ -515,6 +515,33 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Test that a pod's life is read as the API reference defines it: `Succeeded` and
+    /// `Failed` are finished phases (`Running`, `Pending` and none are not), a set
+    /// `deletionTimestamp` is terminating, `hostNetwork: true` shares the node's network; and
+    /// that policy takes terminating pods but not finished or hostNetwork ones, services
+    /// hostNetwork pods but not finished or terminating ones.
+    #[test]
+    fn pod_life_follows_phase_deletion_and_host_network() {
+        let life = |v: serde_json::Value| PodLife::of(&serde_json::from_value::<Pod>(v).unwrap());
+        for phase in ["Succeeded", "Failed"] {
+            let l = life(json!({"metadata": {"name": "p"}, "status": {"phase": phase}}));
+            assert!(l.finished && !l.on_pod_network() && !l.serves(), "{phase}");
+        }
+        for phase in ["Running", "Pending"] {
+            let l = life(json!({"metadata": {"name": "p"}, "status": {"phase": phase}}));
+            assert!(!l.finished && l.on_pod_network() && l.serves(), "{phase}");
+        }
+        let l = life(json!({"metadata": {"name": "p"}}));
+        assert!(l.on_pod_network() && l.serves(), "no status");
+        let l =
+            life(json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        assert!(l.terminating && l.on_pod_network() && !l.serves());
+        let l = life(
+            json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "containers": []}}),
+        );
+        assert!(l.host_network && !l.on_pod_network() && l.serves());
+    }
+
     fn pod(ns: Option<&str>, name: &str, labels: serde_json::Value) -> Object {
         let mut v = json!({
             "apiVersion": "v1",

@@ -142,3 +142,40 @@ impl PolicyMaps {
             .then_some("peer failed closed (its rules need more port ranges than an entry holds)")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(subject: [u8; 4], proto: u8, peer: [u8; 4], prefix: u32) -> RuleKey {
+        (
+            policy::fixed_bits() + prefix,
+            policy::RuleData::v4(subject, policy::DIR_INGRESS, proto, peer),
+        )
+    }
+
+    /// Test that a rule key holds a peer exactly when subject, direction and protocol are its
+    /// own and the peer is inside its prefix (as the trie's longest-prefix match reads it).
+    #[test]
+    fn key_holds_peers_inside_its_prefix_only() {
+        let s = IpKey::v4([10, 244, 1, 2]);
+        let k = key([10, 244, 1, 2], 6, [10, 1, 0, 0], 16);
+        let holds = |k: &RuleKey, proto, peer| key_holds(k, &s, policy::DIR_INGRESS, proto, peer);
+        assert!(holds(&k, 6, [10, 1, 200, 3]));
+        assert!(!holds(&k, 6, [10, 2, 0, 1]), "outside the /16");
+        assert!(!holds(&k, 17, [10, 1, 0, 1]), "another protocol");
+        assert!(!key_holds(&k, &s, policy::DIR_EGRESS, 6, [10, 1, 0, 1]));
+        assert!(!key_holds(
+            &k,
+            &IpKey::v4([10, 244, 1, 3]),
+            policy::DIR_INGRESS,
+            6,
+            [10, 1, 0, 1]
+        ));
+        let any = key([10, 244, 1, 2], 6, [0, 0, 0, 0], 0);
+        assert!(holds(&any, 6, [192, 0, 2, 1]), "/0 holds every address");
+        let one = key([10, 244, 1, 2], 6, [10, 1, 0, 1], 32);
+        assert!(holds(&one, 6, [10, 1, 0, 1]));
+        assert!(!holds(&one, 6, [10, 1, 0, 2]));
+    }
+}
