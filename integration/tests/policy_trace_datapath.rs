@@ -185,3 +185,73 @@ fn trace_reports_a_failed_closed_peer_as_the_datapath_drops_it() {
         "a's SYN dropped by ingress policy ({before} -> {after})"
     );
 }
+
+/// Test that when a pod's rules do not fit in the rule map (made one entry small for the
+/// test: `--policy-rule-capacity 1`, while b needs two), the pod is programmed with none and
+/// fails closed, and that the trace says exactly that although the policy allows the
+/// connection, while real traffic into it is dropped by ingress policy.
+#[test]
+fn trace_reports_an_endpoint_failed_closed_when_the_rule_map_is_full() {
+    let node = Node::new(NodeOptions {
+        manifests: true,
+        agent_args: vec!["--policy-rule-capacity".into(), "1".into()],
+        ..NodeOptions::default()
+    });
+    write(
+        &node,
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default, labels: {app: a}}\n\
+         spec: {containers: [{name: c, image: c}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: default, labels: {app: b}}\n\
+         spec: {containers: [{name: c, image: c}]}\n---\n",
+    );
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let mut server = node
+        .pod_command(&b.ns, bin("sluice-svcprobe"))
+        .args(["serve", "--name", "b", "--tcp", "80"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let _server = Server(server);
+    // Two trie entries for b: pod a's /32 and 192.0.2.0/24.
+    write(
+        &node,
+        "policy.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: to-b, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  \
+         ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}, {ipBlock: {cidr: 192.0.2.0/24}}]\n    \
+         ports: [{protocol: TCP, port: 80}]\n",
+    );
+    let start = Instant::now();
+    let t = loop {
+        let t = try_trace(&node, "default/a").unwrap_or_default();
+        if t["policyAllowed"] == true && t["revision"] != 0 {
+            break t;
+        }
+        assert!(
+            start.elapsed() < BOUND,
+            "policy not programmed: {t:#}\n{}",
+            node.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(t["allowed"], false, "the datapath denies a: {t:#}");
+    assert_eq!(
+        t["datapath"], "denied by the datapath: endpoint failed closed (rule map full)",
+        "{t:#}"
+    );
+    let before = node.counter("drop:policy-ingress").0;
+    assert!(!connects(&node, &a, &b), "a to b:80 must be dropped");
+    let after = node.counter("drop:policy-ingress").0;
+    assert!(
+        after > before,
+        "a's SYN dropped by ingress policy ({before} -> {after})"
+    );
+}
