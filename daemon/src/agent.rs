@@ -54,6 +54,8 @@ pub struct Settings {
     /// Idle timeouts of flow state, and how often the collector runs.
     pub flow_timeouts: datapath_common::flow::Timeouts,
     pub flow_gc_interval: Duration,
+    /// Testing only: entries of the policy rule map to use at most (`None`: all).
+    pub policy_rule_capacity: Option<usize>,
 }
 
 struct Shared {
@@ -266,7 +268,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         cluster: RwLock::new(initial),
         manifest_status,
         policy: Mutex::new(PolicyState {
-            maps: enforce::PolicyMaps::open(&s.bpffs)?,
+            maps: {
+                let mut m = enforce::PolicyMaps::open(&s.bpffs)?;
+                if let Some(c) = s.policy_rule_capacity {
+                    m.capacity = c.min(m.capacity);
+                }
+                m
+            },
             set: policy::PolicySet::default(),
             seen: Seen::default(),
             recheck: false,

@@ -37,13 +37,26 @@ pub enum Request {
     },
 }
 
-/// A policy trace: the verdict and, per side, what decides it.
+/// A policy trace: the datapath's verdict, read back from its maps, and, per side, what the
+/// policies say decides it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTrace {
     pub from: String,
     pub to: String,
+    /// What the datapath does: its maps judged with the datapath's verdict function.
     pub allowed: bool,
+    /// What the policies say (the compiled set); differs from `allowed` when the datapath
+    /// fails closed or its maps are not in step yet.
+    #[serde(default)]
+    pub policy_allowed: bool,
+    /// The datapath's verdict in words: `allowed by the datapath`, `denied by the datapath:
+    /// drop:policy-ingress`, `denied by the datapath: endpoint failed closed (rule map full)`…
+    #[serde(default)]
+    pub datapath: String,
+    /// The policy revision the datapath's maps are at.
+    #[serde(default)]
+    pub revision: u32,
     /// `egress of ns/pod: …` and `ingress of ns/pod: …` lines.
     pub reasons: Vec<String>,
 }

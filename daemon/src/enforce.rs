@@ -25,14 +25,17 @@ use aya::maps::{
 use datapath_common::{endpoint, policy, user};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
-use crate::model::{selector_matches, ClusterState};
 use crate::policy::{Allow, Endpoint, Peer, PolicySet, Ports};
 use crate::services::Proto;
 
 mod accel;
 mod capacity;
+#[cfg(test)]
+mod tests_isolation;
+mod trace;
 
 use capacity::{fit, policy_key_addr};
+pub use trace::DatapathVerdict;
 
 type RuleKey = (u32, policy::RuleData);
 /// An inclusive port range, host order.
@@ -71,6 +74,8 @@ pub struct PolicyMaps {
     pub capacity: usize,
     /// What the last [`PolicyMaps::sync`] did.
     pub last: SyncStats,
+    /// What the last [`PolicyMaps::sync`] left out (fail closed), for traces.
+    failed_closed: trace::FailedClosed,
 }
 
 fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
@@ -78,7 +83,8 @@ fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))
 }
 
-fn proto_number(p: Proto) -> u8 {
+/// The IP protocol number the policy maps key a protocol by.
+pub fn proto_number(p: Proto) -> u8 {
     match p {
         Proto::Tcp => 6,
         Proto::Udp => 17,
@@ -190,58 +196,19 @@ fn entries_for(allows: &[Allow]) -> Vec<TrieEntry> {
     out
 }
 
-/// The pods of `state` a policy isolates, by `policy::pod_key`: `ISO_*` bits. Computed from
-/// selectors alone, so pods without an address yet (not started) are covered. Only pods that
-/// may start on node `node_name` (scheduled there, or not scheduled: standalone manifests
-/// often name no node) count: the CNI plugin of another node never asks.
-pub fn pod_isolation(state: &ClusterState, node_name: &str) -> BTreeMap<u64, u32> {
-    let mut out = BTreeMap::new();
-    let here = |pod: &&k8s_openapi::api::core::v1::Pod| {
-        pod.spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_none_or(|n| n.is_empty() || n == node_name)
-    };
-    for pod in state.pods().filter(here) {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let mut iso = 0;
-        for np in state.network_policies_in(ns) {
-            // A policy without a spec selects every pod for ingress (and allows nothing).
-            let Some(spec) = &np.spec else {
-                iso |= policy::ISO_INGRESS;
-                continue;
-            };
-            // An absent podSelector, like an empty one, selects every pod of the namespace.
-            let selected = match &spec.pod_selector {
-                Some(sel) => selector_matches(sel, &labels).unwrap_or(false),
-                None => true,
-            };
-            if !selected {
-                continue;
-            }
-            // As the API server defaults them: absent (or empty) policyTypes mean Ingress, plus
-            // Egress when the policy has at least one egress rule.
-            let types: Vec<&str> = match &spec.policy_types {
-                Some(t) if !t.is_empty() => t.iter().map(String::as_str).collect(),
-                _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
-                    vec!["Ingress", "Egress"]
-                }
-                _ => vec!["Ingress"],
-            };
-            if types.contains(&"Ingress") {
-                iso |= policy::ISO_INGRESS;
-            }
-            if types.contains(&"Egress") {
-                iso |= policy::ISO_EGRESS;
-            }
-        }
-        if iso != 0 {
-            out.insert(policy::pod_key(ns.as_bytes(), name.as_bytes()), iso);
-        }
-    }
-    out
+/// The isolation the CNI plugin gives pods at ADD (`SL_PODISO`), by `policy::pod_key`:
+/// `ISO_*` bits, straight from the compiled set ([`PolicySet::isolation`]: the pods that may
+/// start on this node, address or not), so it cannot mean anything else than the rules.
+pub fn pod_isolation(set: &PolicySet) -> BTreeMap<u64, u32> {
+    set.isolation()
+        .iter()
+        .filter_map(|(pod, iso)| {
+            let bits = if iso.ingress { policy::ISO_INGRESS } else { 0 }
+                | if iso.egress { policy::ISO_EGRESS } else { 0 };
+            let key = policy::pod_key(pod.namespace.as_bytes(), pod.name.as_bytes());
+            (bits != 0).then_some((key, bits))
+        })
+        .collect()
 }
 
 /// The isolation flags an endpoint should carry.
@@ -288,6 +255,7 @@ impl PolicyMaps {
             failed_closed_total: 0,
             capacity: policy::MAX_ENTRIES as usize,
             last: SyncStats::default(),
+            failed_closed: trace::FailedClosed::default(),
         })
     }
 
@@ -297,17 +265,12 @@ impl PolicyMaps {
     }
 
     /// Makes the maps hold `set` for the endpoints at `local` addresses (this node's pods), and
-    /// the isolation of pods of node `node_name` not started yet, from `state`.
-    pub fn sync(
-        &mut self,
-        set: &PolicySet,
-        state: &ClusterState,
-        local: &BTreeSet<IpAddr>,
-        node_name: &str,
-    ) -> anyhow::Result<SyncStats> {
+    /// the isolation of this node's pods not started yet.
+    pub fn sync(&mut self, set: &PolicySet, local: &BTreeSet<IpAddr>) -> anyhow::Result<SyncStats> {
         let mut stats = SyncStats::default();
         let mut want: HashMap<RuleKey, policy::RuleValue> = HashMap::new();
         let mut flags: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        let mut failed_closed = trace::FailedClosed::default();
         for e in set.endpoints() {
             for addr in e.addrs.iter().filter(|a| local.contains(a)) {
                 let IpAddr::V4(subject) = addr else { continue };
@@ -349,6 +312,9 @@ impl PolicyMaps {
                             prefix.network().octets(),
                         );
                         let len = policy::fixed_bits() + prefix.prefix() as u32;
+                        if ranges.len() > policy::MAX_RANGES {
+                            failed_closed.entries.insert((len, data));
+                        }
                         want.insert((len, data), v);
                     }
                 }
@@ -356,6 +322,7 @@ impl PolicyMaps {
         }
         for subject in fit(&mut want, self.capacity) {
             stats.failed_closed += 1;
+            failed_closed.endpoints.insert(subject);
             let pod = set
                 .endpoints()
                 .find(|e| e.addrs.iter().any(|a| policy_key_addr(a) == Some(subject)))
@@ -392,7 +359,7 @@ impl PolicyMaps {
                 changed = true;
             }
         }
-        let iso = pod_isolation(state, node_name);
+        let iso = pod_isolation(set);
         for (k, v) in &iso {
             if self.pod_isolation.get(k, 0).ok() != Some(*v) {
                 self.pod_isolation
@@ -421,6 +388,8 @@ impl PolicyMaps {
             changed = true;
         }
         stats.entries = want.len();
+        failed_closed.entries.retain(|k| want.contains_key(k));
+        self.failed_closed = failed_closed;
         self.programmed = want;
         // 4. Tracked connections are judged again under the new rules.
         let mut rev = self.revision();
@@ -510,69 +479,5 @@ mod tests {
             out,
             vec![((policy::PROTO_ANY, net("0.0.0.0/0")), vec![(0, u16::MAX)])]
         );
-    }
-
-    /// Test that isolation before a pod has an address follows the API server's defaulting of
-    /// policyTypes: Ingress always, Egress only with at least one egress rule or when named;
-    /// and that it is published for the pods this node may start (scheduled here or not
-    /// scheduled), not for another node's.
-    #[test]
-    fn pod_isolation_follows_policy_types_defaulting() {
-        let docs = "\
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {pod: a}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: here, namespace: x, labels: {pod: a}}
-spec: {nodeName: node-a, containers: [{name: c, image: c}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: there, namespace: x, labels: {pod: a}}
-spec: {nodeName: node-b, containers: [{name: c, image: c}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {pod: b}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {pod: c}}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: empty-egress, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
-  egress: []
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: with-egress, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  egress: [{}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: egress-only, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: c}}
-  policyTypes: [Egress]
-";
-        let mut state = ClusterState::new();
-        for o in crate::manifests::parse_bytes(Path::new("t.yaml"), docs.as_bytes()).unwrap() {
-            state.apply(o).unwrap();
-        }
-        let iso = pod_isolation(&state, "node-a");
-        let key = |n: &str| policy::pod_key(b"x", n.as_bytes());
-        assert_eq!(iso[&key("a")], policy::ISO_INGRESS);
-        assert_eq!(iso[&key("b")], policy::ISO_INGRESS | policy::ISO_EGRESS);
-        assert_eq!(iso[&key("c")], policy::ISO_EGRESS);
-        assert_eq!(iso[&key("here")], policy::ISO_INGRESS);
-        assert!(!iso.contains_key(&key("there")), "a pod of node-b");
-        assert_eq!(iso.len(), 4);
     }
 }

@@ -438,6 +438,46 @@ fn in_namespace<'a, V>(map: &'a BTreeMap<NsKey, V>, ns: &str) -> impl Iterator<I
         .map(|(_, v)| v)
 }
 
+/// What the rest of the agent needs to know about a pod's life, read in one place (policy
+/// and services each decide from it what a pod is to them):
+/// - `finished`: `status.phase` is `Succeeded` or `Failed`; its containers will not run again
+///   and its address may already be another pod's (the API reference, "Pod phase");
+/// - `terminating`: `metadata.deletionTimestamp` is set; it still runs until it is gone;
+/// - `host_network`: `spec.hostNetwork`; it has no address of its own, its traffic is the
+///   node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodLife {
+    pub finished: bool,
+    pub terminating: bool,
+    pub host_network: bool,
+}
+
+impl PodLife {
+    pub fn of(pod: &Pod) -> Self {
+        PodLife {
+            finished: matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            ),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            host_network: pod.spec.as_ref().and_then(|s| s.host_network) == Some(true),
+        }
+    }
+
+    /// Whether the pod is on the pod network now: running (or about to), with its own
+    /// network namespace. Such pods are NetworkPolicy's endpoints and peers, terminating ones
+    /// included (they still send and receive until they are gone).
+    pub fn on_pod_network(self) -> bool {
+        !self.finished && !self.host_network
+    }
+
+    /// Whether the EndpointSlice controller lists the pod as a Service endpoint: not finished
+    /// and not terminating (hostNetwork pods serve at their node's address).
+    pub fn serves(self) -> bool {
+        !self.finished && !self.terminating
+    }
+}
+
 /// Whether `selector` selects an object with `labels`, with Kubernetes semantics: every
 /// `matchLabels` pair and every `matchExpressions` requirement must hold, so an empty
 /// selector selects everything. `In` with no values selects nothing.
@@ -474,6 +514,33 @@ pub fn selector_matches(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Test that a pod's life is read as the API reference defines it: `Succeeded` and
+    /// `Failed` are finished phases (`Running`, `Pending` and none are not), a set
+    /// `deletionTimestamp` is terminating, `hostNetwork: true` shares the node's network; and
+    /// that policy takes terminating pods but not finished or hostNetwork ones, services
+    /// hostNetwork pods but not finished or terminating ones.
+    #[test]
+    fn pod_life_follows_phase_deletion_and_host_network() {
+        let life = |v: serde_json::Value| PodLife::of(&serde_json::from_value::<Pod>(v).unwrap());
+        for phase in ["Succeeded", "Failed"] {
+            let l = life(json!({"metadata": {"name": "p"}, "status": {"phase": phase}}));
+            assert!(l.finished && !l.on_pod_network() && !l.serves(), "{phase}");
+        }
+        for phase in ["Running", "Pending"] {
+            let l = life(json!({"metadata": {"name": "p"}, "status": {"phase": phase}}));
+            assert!(!l.finished && l.on_pod_network() && l.serves(), "{phase}");
+        }
+        let l = life(json!({"metadata": {"name": "p"}}));
+        assert!(l.on_pod_network() && l.serves(), "no status");
+        let l =
+            life(json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        assert!(l.terminating && l.on_pod_network() && !l.serves());
+        let l = life(
+            json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "containers": []}}),
+        );
+        assert!(l.host_network && !l.on_pod_network() && l.serves());
+    }
 
     fn pod(ns: Option<&str>, name: &str, labels: serde_json::Value) -> Object {
         let mut v = json!({

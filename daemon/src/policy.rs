@@ -1,8 +1,8 @@
 //! Kubernetes NetworkPolicy (`networking.k8s.io/v1`) compiled per endpoint: the pure
 //! function from the cluster model ([`ClusterState`]) and this node's facts ([`LocalNode`])
 //! to a [`PolicySet`], the per-pod form the datapath's policy maps will be generated from,
-//! and [`verdict`], which answers for one connection whether it is allowed and why (the
-//! engine of a future `sluicectl policy trace`).
+//! and [`verdict`], which answers for one connection whether the policies allow it and why
+//! (`sluicectl policy trace` explains the datapath's own verdict with it).
 //!
 //! # Representation
 //!
@@ -308,11 +308,19 @@ impl fmt::Display for Problem {
     }
 }
 
+/// In which directions a policy isolates a pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Isolation {
+    pub ingress: bool,
+    pub egress: bool,
+}
+
 /// Every endpoint's compiled policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicySet {
     endpoints: BTreeMap<PodRef, Endpoint>,
     by_addr: BTreeMap<IpAddr, PodRef>,
+    isolation: BTreeMap<PodRef, Isolation>,
     problems: Vec<Problem>,
 }
 
@@ -331,6 +339,15 @@ impl PolicySet {
     /// and name.
     pub fn endpoint_at(&self, addr: IpAddr) -> Option<&Endpoint> {
         self.by_addr.get(&addr).and_then(|p| self.endpoints.get(p))
+    }
+
+    /// The isolation of every pod on the pod network that may start on this node (CNI ADD
+    /// gave it an address here, it is scheduled here, or it is not scheduled), with an
+    /// address or not yet, when some policy isolates it: what the CNI plugin gives a pod at
+    /// ADD. For a pod of this node with an address it is its endpoint's
+    /// [`Rules::is_isolated`] in each direction, by the same selection.
+    pub fn isolation(&self) -> &BTreeMap<PodRef, Isolation> {
+        &self.isolation
     }
 
     /// What compilation could not use, sorted; each is also logged once.

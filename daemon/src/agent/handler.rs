@@ -156,6 +156,37 @@ impl api::Handler for Shared {
                 port,
             },
         );
+        let dp = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Some(st.maps.judge(
+                s,
+                d,
+                crate::enforce::proto_number(proto),
+                port,
+                self.node_ip,
+            )?),
+            _ => None, // IPv6 is not enforced by the datapath yet
+        };
+        let allowed = dp.as_ref().is_none_or(|d| d.drop.is_none());
+        let datapath = match &dp {
+            None => "allowed by the datapath: IPv6 is not enforced".to_owned(),
+            Some(d) if d.drop.is_none() && v.allowed => "allowed by the datapath".to_owned(),
+            Some(_) if allowed => {
+                "allowed by the datapath, though the policies deny it (its maps are not in \
+                 step with the policies yet)"
+                    .to_owned()
+            }
+            Some(d) => match (d.failed_closed, v.allowed) {
+                (Some(why), _) => format!("denied by the datapath: {why}"),
+                (None, true) => format!(
+                    "denied by the datapath ({}), though the policies allow it (its maps are \
+                     not in step with the policies yet)",
+                    d.reason().unwrap_or("drop")
+                ),
+                (None, false) => {
+                    format!("denied by the datapath ({})", d.reason().unwrap_or("drop"))
+                }
+            },
+        };
         let mut reasons = Vec::new();
         for side in [&v.egress, &v.ingress].into_iter().flatten() {
             reasons.push(format!(
@@ -168,7 +199,10 @@ impl api::Handler for Shared {
         Ok(api::PolicyTrace {
             from: from.into(),
             to: to.into(),
-            allowed: v.allowed,
+            allowed,
+            policy_allowed: v.allowed,
+            datapath,
+            revision: dp.map_or(st.maps.revision(), |d| d.revision),
             reasons,
         })
     }

@@ -302,9 +302,7 @@ fn sync_policy(shared: &Shared, inputs: &Inputs) -> anyhow::Result<()> {
     );
     let local: std::collections::BTreeSet<IpAddr> = pods.values().copied().collect();
     let revision = st.maps.revision();
-    let stats = st
-        .maps
-        .sync(&set, cluster, &local, &shared.settings.node_name)?;
+    let stats = st.maps.sync(&set, &local)?;
     if stats.revision != revision {
         take_back_denied(&st.maps, shared.node_ip)?;
         // Once more at the next tick: a socket whose sockops ran under the old revision may

@@ -106,6 +106,10 @@ struct Args {
     /// Remove Sluice from this node (uplink programs, pins, CNI config and binary) and exit.
     #[arg(long)]
     uninstall: bool,
+    /// Testing only: use at most this many entries of the policy rule map (default: all), so
+    /// tests can fill it with a few rules.
+    #[arg(long, hide = true, value_name = "ENTRIES")]
+    policy_rule_capacity: Option<usize>,
 }
 
 fn parse_ports(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
@@ -206,6 +210,7 @@ fn main() -> anyhow::Result<()> {
         masquerade_ports: args.masquerade_ports,
         flow_timeouts: args.flow_timeouts,
         flow_gc_interval: std::time::Duration::from_secs_f64(args.flow_gc_interval),
+        policy_rule_capacity: args.policy_rule_capacity,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

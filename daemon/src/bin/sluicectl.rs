@@ -96,6 +96,7 @@ fn main() -> anyhow::Result<()> {
                 t.to,
                 if t.allowed { "ALLOWED" } else { "DENIED" }
             );
+            println!("  {} (policy revision {})", t.datapath, t.revision);
             for r in &t.reasons {
                 println!("  {r}");
             }

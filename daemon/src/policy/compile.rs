@@ -15,10 +15,10 @@ use tracing::warn;
 
 use super::ports::{port_specs, resolve, resolve_named, PortSpec};
 use super::{
-    Allow, Direction, Endpoint, IpBlock, LocalNode, Peer, PodRef, PolicyRef, PolicySet, Ports,
-    Problem, RuleRef, Rules,
+    Allow, Direction, Endpoint, IpBlock, Isolation, LocalNode, Peer, PodRef, PolicyRef, PolicySet,
+    Ports, Problem, RuleRef, Rules,
 };
-use crate::model::{selector_matches, ClusterState, DEFAULT_NAMESPACE};
+use crate::model::{selector_matches, ClusterState, PodLife, DEFAULT_NAMESPACE};
 
 /// One pod that is an endpoint, with what selectors and named ports look at.
 struct PodInfo<'a> {
@@ -39,6 +39,9 @@ struct Cluster<'a> {
     pods: Vec<PodInfo<'a>>,
     /// Namespace -> labels, for every namespace with an endpoint.
     ns_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// The pods on the pod network that may start on this node, address or not: the CNI
+    /// plugin asks for their isolation at ADD, before they have one.
+    starting: Vec<(PodRef, BTreeMap<String, String>)>,
 }
 
 /// What one peer of a rule picks.
@@ -98,12 +101,31 @@ pub(super) fn compile(state: &ClusterState, node: &LocalNode) -> PolicySet {
             (ns, labels)
         })
         .collect();
-    let cluster = Cluster { pods, ns_labels };
+    let starting = state
+        .pods()
+        .filter(|p| may_start_here(p, node))
+        .filter_map(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            let key = PodRef::new(ns, p.metadata.name.clone()?);
+            Some((key, p.metadata.labels.clone().unwrap_or_default()))
+        })
+        .collect();
+    let cluster = Cluster {
+        pods,
+        ns_labels,
+        starting,
+    };
+    let mut set = PolicySet::default();
     for policy in state.network_policies() {
-        compile_policy(&cluster, policy, &mut endpoints, &mut problems);
+        compile_policy(
+            &cluster,
+            policy,
+            &mut endpoints,
+            &mut set.isolation,
+            &mut problems,
+        );
     }
 
-    let mut set = PolicySet::default();
     for mut ep in endpoints {
         for rules in [&mut ep.ingress, &mut ep.egress] {
             rules.isolated_by.sort();
@@ -156,6 +178,28 @@ fn node_addresses(state: &ClusterState, node: &LocalNode) -> BTreeMap<String, Ve
     out
 }
 
+/// Whether `pod` is on the pod network and may start on this node: CNI ADD gave it an
+/// address here, or it is scheduled here, or it is not scheduled (standalone manifests often
+/// name no node). The CNI plugin of another node never asks for it.
+fn may_start_here(pod: &Pod, node: &LocalNode) -> bool {
+    if !PodLife::of(pod).on_pod_network() {
+        return false;
+    }
+    let ns = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(DEFAULT_NAMESPACE);
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    node.local_pods
+        .contains_key(&(ns.to_owned(), name.to_owned()))
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_none_or(|n| n.is_empty() || n == node.node_name)
+}
+
 /// `pod` as an endpoint, with the name of its node (`""` if unknown), or `None` if it is
 /// not one: a
 /// `hostNetwork` pod, a finished one, or one without an address. The address is the one
@@ -165,17 +209,11 @@ fn pod_info<'a>(
     node: &LocalNode,
     problems: &mut Problems,
 ) -> Option<(PodInfo<'a>, String)> {
+    if !PodLife::of(pod).on_pod_network() {
+        return None;
+    }
     let spec = pod.spec.as_ref();
-    if spec.and_then(|s| s.host_network) == Some(true) {
-        return None;
-    }
     let status = pod.status.as_ref();
-    if matches!(
-        status.and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    ) {
-        return None;
-    }
     let namespace = pod
         .metadata
         .namespace
@@ -235,6 +273,7 @@ fn compile_policy(
     cluster: &Cluster,
     policy: &NetworkPolicy,
     endpoints: &mut [Endpoint],
+    isolation: &mut BTreeMap<PodRef, Isolation>,
     problems: &mut Problems,
 ) {
     let namespace = policy
@@ -271,6 +310,14 @@ fn compile_policy(
         .map(|(i, _)| i)
         .collect();
     let (ingress, egress) = policy_types(spec, &object, problems);
+    // The same selection and types, for the pods that may start here (address or not).
+    for (pod, labels) in &cluster.starting {
+        if &*pod.namespace == namespace && selector_matches(selector, labels).unwrap_or(false) {
+            let iso = isolation.entry(pod.clone()).or_default();
+            iso.ingress |= ingress;
+            iso.egress |= egress;
+        }
+    }
     let directions = [(Direction::Ingress, ingress), (Direction::Egress, egress)];
     for direction in directions.into_iter().filter(|(_, on)| *on).map(|(d, _)| d) {
         // (peers, ports) of each rule, with the field names problems report.

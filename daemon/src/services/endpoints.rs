@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{port_number, Backend, NodeInfo, Proto, Warnings};
-use crate::model::ClusterState;
+use crate::model::{ClusterState, PodLife};
 
 /// One endpoint of one service port, with its EndpointSlice conditions.
 #[derive(Debug, Clone)]
@@ -258,16 +258,10 @@ fn pod_endpoint<'a>(
     publish_not_ready: bool,
     warnings: &mut Warnings,
 ) -> Option<PodEndpoint<'a>> {
-    if pod.metadata.deletion_timestamp.is_some() {
+    if !PodLife::of(pod).serves() {
         return None;
     }
     let status = pod.status.as_ref();
-    if matches!(
-        status.and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    ) {
-        return None;
-    }
     let key = (namespace.to_owned(), pod.metadata.name.clone()?);
     let addrs: Vec<IpAddr> = match node.local_pods.get(&key) {
         Some(addr) => vec![*addr],
