@@ -7,12 +7,13 @@
 //! request is recorded so tests can assert on what the watchers asked for.
 
 //!
-//! The server is in `kube_api/fake.rs`, the objects it serves in `kube_api/objects.rs`.
+//! The server is test-support's `kube_fake` (the agent's tests use it too), the objects it
+//! serves in `kube_api/objects.rs`.
 
-#[path = "kube_api/fake.rs"]
-mod fake;
 #[path = "kube_api/objects.rs"]
 mod objects;
+
+use test_support::kube_fake as fake;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -16,12 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::{
+use serde_json::Value;
+use test_support::{
     bin,
     node::{DEFAULT_POD_CIDR, NODE_IP, WORLD_IP},
     Node, NodeOptions, Pod,
 };
-use serde_json::Value;
 
 /// How long a test waits for something that should happen at once (a bound against hanging).
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -564,7 +564,7 @@ fn sluicectl_status_reports_datapath_and_endpoints() {
 /// saying the agent cannot be reached.
 #[test]
 fn sluicectl_without_agent_says_unreachable() {
-    integration::require_root();
+    test_support::require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     for sub in ["status", "endpoints"] {
         let out = output_bounded({

@@ -7,11 +7,11 @@
 use std::net::Ipv4Addr;
 
 use datapath_common::user::{EndpointRecord, Endpoints};
-use integration::{
+use serde_json::{json, Value};
+use test_support::{
     node::{NODE_IP, OUTSIDE_IP},
     unique, CniCall, CniOutput, Netns, Node, NodeOptions, Pod,
 };
-use serde_json::{json, Value};
 
 /// Every version the plugin must speak (§0.2).
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];

@@ -4,14 +4,14 @@
 //! input, the plugin answers with success or one spec error object (§6) and a non-zero exit
 //! that is not a panic (101), and never echoes a huge value back.
 
-use integration::{
+use serde_json::{json, Value};
+use test_support::{
     bin,
     cnirun::{
         assert_no_panic, assert_node_clean, exec_in, expect_error_object, pod_links, run, spec_id,
     },
     unique, CniCall, Netns, Node, NodeOptions,
 };
-use serde_json::{json, Value};
 
 /// The GC key of attachments still in use (§2.6).
 const VALID: &str = "cni.dev/valid-attachments";
@@ -46,7 +46,7 @@ fn bad_values() -> Vec<Value> {
 /// message, or a stdout that repeats a huge value.
 #[test]
 fn malformed_configs_never_panic() {
-    integration::require_root();
+    test_support::require_root();
     // No node and no agent: an empty bpffs directory, so ADD stops at "try again" and
     // nothing is wired; state in a temp dir; a throwaway namespace to run in.
     let ns = Netns::new(&unique("slf"));
@@ -211,7 +211,7 @@ fn oversized_input_is_refused_and_never_echoed() {
 /// commands that need not read it), never exit code 101 or a panic message.
 #[test]
 fn malformed_environments_never_panic() {
-    integration::require_root();
+    test_support::require_root();
     let ns = Netns::new(&unique("slf"));
     let tmp = tempfile::tempdir().expect("tempdir");
     for d in ["state", "bpf"] {

@@ -12,7 +12,8 @@ use std::{
     process::{Output, Stdio},
 };
 
-use integration::{
+use serde_json::{json, Value};
+use test_support::{
     bin,
     cnirun::{
         assert_no_panic, assert_node_clean, expect_error_object, plugin_command, pod_links, run,
@@ -21,7 +22,6 @@ use integration::{
     node::NODE_IP,
     unique, CniCall, CniOutput, Netns, Node, NodeOptions,
 };
-use serde_json::{json, Value};
 
 /// The GC key of attachments still in use (§2.6).
 const VALID: &str = "cni.dev/valid-attachments";

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use integration::{
+use test_support::{
     node::{NODE_IP, WORLD_IP},
     Netns, Node, NodeOptions,
 };

@@ -26,17 +26,17 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
-use integration::{
-    bin,
-    node::{DEFAULT_POD_CIDR, NODE_IP, OUTSIDE_IP, WORLD_IP},
-    unique, Node, NodeOptions,
-};
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, LinuxPodSandboxConfig, PodSandboxConfig,
     PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, RemovePodSandboxRequest,
     RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
 };
 use serde_json::Value;
+use test_support::{
+    bin,
+    node::{DEFAULT_POD_CIDR, NODE_IP, OUTSIDE_IP, WORLD_IP},
+    unique, Node, NodeOptions,
+};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
@@ -57,7 +57,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Panics with what to install when containerd's pieces are missing: CI installs them through
 /// scripts/setup, so there this test must run, not skip.
 fn require_containerd() {
-    integration::require_root();
+    test_support::require_root();
     for (p, pkg) in [
         (CONTAINERD, "containerd"),
         (CTR, "containerd"),

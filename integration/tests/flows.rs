@@ -12,12 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::{
+use serde_json::Value;
+use test_support::{
     bin,
     node::{NODE_IP, OUTSIDE_IP, WORLD_IP},
     Netns, Node, NodeOptions, Pod,
 };
-use serde_json::Value;
 
 /// A client in a pod's network namespace, outside the agent's cgroup (so Services go through
 /// TC): `n` TCP connections or UDP exchanges to `ip:port`, from source port `sport` (0: any),

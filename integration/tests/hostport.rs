@@ -14,12 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::{
+use serde_json::{json, Value};
+use test_support::{
     bin,
     node::{NODE_IP, OUTSIDE_IP},
     unique, CniCall, Netns, Node, NodeOptions, Pod,
 };
-use serde_json::{json, Value};
 
 /// A bound against hanging while the agent programs a change (it does so within a tick).
 const DEADLINE: Duration = Duration::from_secs(30);

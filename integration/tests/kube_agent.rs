@@ -1,5 +1,5 @@
 //! `sluice-agent --kubeconfig` end to end: the real agent binary on a [`Node`] follows the
-//! fake Kubernetes API server of the watcher tests (`daemon/tests/kube_api/fake.rs`: real
+//! fake Kubernetes API server of the watcher tests (`test-support/src/kube_fake.rs`: real
 //! list/watch JSON at the real paths), takes its pod CIDR from its Node object, programs the
 //! Services and EndpointSlices it is served, follows watch events, relists after a 410 Gone,
 //! and refuses to start when the API server cannot be reached. The objects it serves, and
@@ -24,12 +24,7 @@
 
 #[path = "kube_agent/api.rs"]
 mod api;
-#[expect(
-    dead_code,
-    reason = "shared with the watcher unit tests, which use all of it"
-)]
-#[path = "../../daemon/tests/kube_api/fake.rs"]
-mod fake;
+use test_support::kube_fake as fake;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -40,8 +35,8 @@ use std::{
 
 use api::{node_object, pod_object, service, slice, Api, NODE_NAME, NS};
 use fake::{status_json, write_kubeconfig, Res};
-use integration::{bin, node::DEFAULT_POD_CIDR, Node, NodeOptions, Pod};
 use serde_json::{json, Value};
+use test_support::{bin, node::DEFAULT_POD_CIDR, Node, NodeOptions, Pod};
 
 const WEB: &str = "10.96.0.10:80/TCP";
 const API: &str = "10.96.0.20:443/TCP";

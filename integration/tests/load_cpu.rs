@@ -29,7 +29,7 @@ fn last_of(list: &str) -> usize {
 #[test]
 fn server_runs_on_the_cpu_it_is_given() {
     let cpu = last_of(&allowed_list("self"));
-    let mut child = Command::new(integration::bin("sluice-load"))
+    let mut child = Command::new(test_support::bin("sluice-load"))
         .args([
             "server",
             "--listen",
@@ -61,7 +61,7 @@ fn server_runs_on_the_cpu_it_is_given() {
 #[test]
 fn an_impossible_cpu_is_refused() {
     for (cpu, says) in [("4095", "--cpu 4095"), ("two", "bad value for --cpu")] {
-        let out = Command::new(integration::bin("sluice-load"))
+        let out = Command::new(test_support::bin("sluice-load"))
             .args(["rr", "--to", "127.0.0.1:9", "--cpu", cpu])
             .output()
             .expect("run sluice-load");

@@ -3,7 +3,7 @@
 //! in Kubernetes), so the old pods must keep reaching pods and the outside, new pods get
 //! addresses of the new CIDR, and the agent names the old pods in its log and status.
 
-use integration::{node::WORLD_IP, Node, NodeOptions};
+use test_support::{node::WORLD_IP, Node, NodeOptions};
 
 const CIDR_A: &str = "10.244.1.0/24";
 const CIDR_B: &str = "10.244.7.0/24";

@@ -15,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::{node::WORLD_IP, unique, Node, NodeOptions};
 use serde_json::Value;
+use test_support::{node::WORLD_IP, unique, Node, NodeOptions};
 
 const RUNC: &str = "/usr/sbin/runc";
 const BUSYBOX: &str = "/bin/busybox";
@@ -30,7 +30,7 @@ fn text(b: &[u8]) -> String {
 /// Panics with what to install when podman's pieces are missing: CI installs them through
 /// scripts/setup, so there this test must run, not skip.
 fn require_podman() {
-    integration::require_root();
+    test_support::require_root();
     for (p, pkg) in [
         ("/usr/bin/podman", "podman"),
         (RUNC, "runc"),
@@ -426,7 +426,7 @@ fn podman_containers_reach_each_other_and_rm_cleans_up() {
 /// The bind mounts that let the host's `sluice-sockcheck` (a dynamically linked binary) run in
 /// the busybox rootfs: the binary and the C library it loads, read-only.
 fn sockcheck_mounts() -> Vec<String> {
-    let bin = integration::sockcheck::sockcheck();
+    let bin = test_support::sockcheck::sockcheck();
     vec![
         "-v".into(),
         format!("{}:/bin/sluice-sockcheck:ro", bin.display()),
@@ -445,7 +445,7 @@ fn sockcheck_mounts() -> Vec<String> {
 /// exchanges read as event loops do arrive intact, and the replies are redirected.
 #[test]
 fn podman_dual_stack_server_accelerated_on_both_ends() {
-    use integration::sockcheck::{sockhash_keys, Accel, Proc};
+    use test_support::sockcheck::{sockhash_keys, Accel, Proc};
 
     let node = Node::new(NodeOptions::default());
     let mut podman = Podman::in_node_cgroup(&node);
@@ -571,7 +571,7 @@ fn podman_publish_port_is_a_host_port() {
     let mut server = Command::new("nsenter")
         .arg(format!("--net={sandbox}"))
         .arg("--")
-        .arg(integration::bin("sluice-svcprobe"))
+        .arg(test_support::bin("sluice-svcprobe"))
         .args(["serve", "--name", "podman-web", "--tcp", "8080"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -585,7 +585,7 @@ fn podman_publish_port_is_a_host_port() {
     )
     .expect("server output");
     assert_eq!(line.trim(), "ready");
-    let frontend = format!("{}:18083/TCP", integration::node::NODE_IP);
+    let frontend = format!("{}:18083/TCP", test_support::node::NODE_IP);
     let programmed = |node: &Node| {
         node.sluicectl_json(&["services"])
             .as_array()
@@ -604,9 +604,9 @@ fn podman_publish_port_is_a_host_port() {
     }
     let out = node
         .outside
-        .command(integration::bin("sluice-svcprobe"))
+        .command(test_support::bin("sluice-svcprobe"))
         .args(["probe", "--count", "3", "--to"])
-        .arg(format!("{}:18083", integration::node::NODE_IP))
+        .arg(format!("{}:18083", test_support::node::NODE_IP))
         .output()
         .expect("probe");
     drop(server);

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::{bin, unique, CniCall, Netns, Node, NodeOptions, Pod};
+use test_support::{bin, unique, CniCall, Netns, Node, NodeOptions, Pod};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
 use datapath_common::{policy, user};
-use integration::{Node, NodeOptions};
+use test_support::{Node, NodeOptions};
 
 const BOUND: Duration = Duration::from_secs(8);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);

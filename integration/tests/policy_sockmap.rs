@@ -15,8 +15,8 @@ use std::{
 
 use aya::maps::{Array, Map, MapData};
 use datapath_common::{endpoint, policy, user};
-use integration::sockcheck::{addr, client, server, sockhash_len, start_client, Accel, Cg, Proc};
-use integration::{Node, NodeOptions, Pod};
+use test_support::sockcheck::{addr, client, server, sockhash_len, start_client, Accel, Cg, Proc};
+use test_support::{Node, NodeOptions, Pod};
 
 /// Bound on the agent applying a policy change (the issue asks for about a second; this only
 /// guards against hanging).
@@ -205,7 +205,7 @@ fn accelerated_until_denied(listen_ip: Option<&str>) {
 
     // c is not allowed: it cannot connect at all.
     let to = SocketAddr::from((b.ip, PORT));
-    let r = integration::in_netns(&c.ns.path(), move || {
+    let r = test_support::in_netns(&c.ns.path(), move || {
         TcpStream::connect_timeout(&to, Duration::from_millis(500))
     });
     assert!(r.is_err(), "pod c reached b, which only allows a");

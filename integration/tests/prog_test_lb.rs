@@ -5,7 +5,7 @@
 //! programmed as `datapath_common::svc` documents them; expected frames, translation entries
 //! and counters come from that design and the RFCs (RFC 9293 §3.10.7.1 for resets, RFC 768 for
 //! a UDP checksum of zero, RFC 1812 §5.3.1 for the TTL of a routed hop), and checksums from the
-//! harness's own RFC 1071 implementation ([`integration::progtest`], whose doc says what
+//! harness's own RFC 1071 implementation ([`test_support::progtest`], whose doc says what
 //! test_run does).
 //!
 //! In test_run the sending pod's veth is the loopback (ifindex 1), so a backend's reply is run
@@ -17,7 +17,7 @@ use datapath_common::{
     config::{self, NodeConfig},
     svc,
 };
-use integration::progtest::*;
+use test_support::progtest::*;
 
 const A: LocalPod = LocalPod::A;
 const B: LocalPod = LocalPod::B;

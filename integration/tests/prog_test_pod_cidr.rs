@@ -2,10 +2,10 @@
 //! masquerades a source that is a local endpoint even when it lies outside the configured pod
 //! CIDR (a pod made under an earlier CIDR keeps its address until it is deleted), and still
 //! leaves alone a source outside the CIDR that is no endpoint (the node's own traffic).
-//! Expected frames come from the harness ([`integration::progtest`]), never from Sluice.
+//! Expected frames come from the harness ([`test_support::progtest`]), never from Sluice.
 
 use datapath_common::nat;
-use integration::progtest::*;
+use test_support::progtest::*;
 
 /// A pod address outside `node_config`'s pod CIDR (10.244.1.0/24): the CIDR it was made in.
 const OLD_POD: [u8; 4] = [10, 250, 0, 9];

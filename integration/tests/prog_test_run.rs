@@ -2,7 +2,7 @@
 //! through `BPF_PROG_TEST_RUN`: each test loads the datapath object into a bpffs of its own,
 //! fills the maps, runs hand-built frames through one program and checks the verdict, every
 //! byte that comes out, the NAT maps and the counters. Expected frames and checksums are built
-//! from the protocol specifications by the harness ([`integration::progtest`], whose doc says
+//! from the protocol specifications by the harness ([`test_support::progtest`], whose doc says
 //! what `BPF_PROG_TEST_RUN` does and does not do), never by running Sluice: the loopback is the
 //! sending pod's veth (ifindex 1), redirects are recorded but not carried out, and the
 //! `*_keeps_checksum_complete` tests run `CHECKSUM_COMPLETE` skbs, whose `skb->csum` the
@@ -10,7 +10,7 @@
 
 use aya::programs::ProgramError;
 use datapath_common::{config::NodeConfig, nat};
-use integration::progtest::*;
+use test_support::progtest::*;
 
 /// The datapath with [`node_config`] and masquerade on.
 fn masquerading() -> Datapath {
@@ -116,8 +116,8 @@ fn from_pod_spoofed_source_drops() {
 /// with a real veth, pod A's packet passes on A's veth and is dropped on another device.
 #[test]
 fn from_pod_source_check_follows_receiving_veth() {
-    integration::require_root();
-    let ns = integration::Netns::new(&integration::unique("slptr"));
+    test_support::require_root();
+    let ns = test_support::Netns::new(&test_support::unique("slptr"));
     ns.sh("ip link add slh0 type veth peer name slp0 && ip link set slh0 up");
     ns.run(|| {
         let veth = nix::net::if_::if_nametoindex("slh0").expect("ifindex of slh0");

@@ -16,8 +16,8 @@ use std::{
 };
 
 use datapath_common::{config, endpoint, metrics, nat, pins, policy, sock, svc, user};
-use integration::{node::NODE_IP, unique, CniCall, CniOutput, Netns, Node, NodeOptions};
 use serde_json::json;
+use test_support::{node::NODE_IP, unique, CniCall, CniOutput, Netns, Node, NodeOptions};
 
 /// Pods ADDed at once.
 const BURST: usize = 100;

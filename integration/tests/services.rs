@@ -16,8 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::{bin, node::NODE_IP, Netns, Node, NodeOptions, Pod};
 use serde_json::Value;
+use test_support::{bin, node::NODE_IP, Netns, Node, NodeOptions, Pod};
 
 /// How long to wait for the agent to program a change; the issue asks for 1 s, this is a
 /// bound against hanging (the observed time is printed).

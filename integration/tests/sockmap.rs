@@ -20,11 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::sockcheck::{
+use serde_json::Value;
+use test_support::sockcheck::{
     addr, assert_sockhash_drains, client, num, server, sockhash_len, start_client, Accel, Cg, Proc,
 };
-use integration::{node::NODE_IP, Netns, Node, NodeOptions, Pod};
-use serde_json::Value;
+use test_support::{node::NODE_IP, Netns, Node, NodeOptions, Pod};
 
 /// Bound on the agent reconciling a pod's flags (the spec says within about 250 ms).
 const FLAGS_BOUND: Duration = Duration::from_secs(5);

@@ -17,10 +17,10 @@
 use std::net::Ipv4Addr;
 
 use datapath_common::sock::SockKey;
-use integration::sockcheck::{
+use test_support::sockcheck::{
     addr, assert_sockhash_drains, num, server, sockhash_keys, start_client, Accel, Cg,
 };
-use integration::{Netns, Node, NodeOptions, Pod};
+use test_support::{Netns, Node, NodeOptions, Pod};
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Half-close rounds per case: the issue measured 0 of 20 against a `[::]` server.

@@ -3,7 +3,7 @@
 
 use std::process::Stdio;
 
-use integration::{Node, NodeOptions};
+use test_support::{Node, NodeOptions};
 
 /// Test that a 1 MiB transfer between two pods in the agent's cgroup is accelerated (both
 /// sockets enter the sockhash, the payload is redirected by sk_msg) and arrives byte for byte.

@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration::{unique, CniCall, Netns, Node, NodeOptions, Pod};
 use serde_json::Value;
+use test_support::{unique, CniCall, Netns, Node, NodeOptions, Pod};
 
 /// The pod CIDR the Node manifest gives node-1.
 const POD_CIDR: &str = "10.250.0.0/24";

@@ -1,15 +1,15 @@
 //! The API side of the kube_agent tests: the objects the fake API server serves, in real
 //! Kubernetes JSON as the API server sends it, and [`Api`], the fake server
-//! (`daemon/tests/kube_api/fake.rs`) running in a node's network namespace, whose lists
+//! (`test-support/src/kube_fake.rs`) running in a node's network namespace, whose lists
 //! always agree with the watch events it has sent.
 
 use std::{collections::BTreeMap, path::Path};
 
-use integration::{
+use serde_json::{json, Value};
+use test_support::{
     node::{DEFAULT_POD_CIDR, NODE_IP},
     Netns, Pod,
 };
-use serde_json::{json, Value};
 
 use crate::fake::{FakeApi, Res};
 

@@ -1,11 +1,11 @@
 //! `sluice-bench`: the benchmark harness's entry point (`bench/run` builds and execs it).
-//! Logic in `integration::bench::run`; this installs the stop signals, runs, and checks that
+//! Logic in `bench::run`; this installs the stop signals, runs, and checks that
 //! nothing the run made is left behind. `sluice-bench probe …` is the `policy-apply` probe the
-//! harness runs inside a pod (`integration::bench::policy::probe`).
+//! harness runs inside a pod (`bench::policy::probe`).
 
 use std::{process::ExitCode, sync::atomic::Ordering};
 
-use integration::bench::{
+use bench::{
     policy::probe,
     run::{self, Config, USAGE},
     INTERRUPTED,

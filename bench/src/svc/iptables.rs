@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Netns;
+use test_support::Netns;
 
 use super::{
     super::{

@@ -1,4 +1,4 @@
-//! `sluice-load`: the benchmark's load generator (logic in `integration::bench::load`).
+//! `sluice-load`: the benchmark's load generator (logic in `bench::load`).
 //!
 //! ```text
 //! sluice-load server --listen IP:PORT [--workers 4] [--max-seconds 600] [--cpu N]
@@ -15,7 +15,7 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use integration::bench::{
+use bench::{
     load::{self, ClientOpts, Mode, ServerOpts},
     Context as _, Error, Result,
 };

@@ -1,4 +1,4 @@
-//! Test support for Sluice's privileged tests: a whole node built from network namespaces on
+//! Test support for Sluice's privileged tests (integration/) and its benchmark (bench/): a whole node built from network namespaces on
 //! the real kernel (../shared/notes/testing.md), the real binaries exec'd the way a container
 //! runtime and an operator exec them, and guards that release every namespace, mount, process
 //! and file on every exit path (panics included).
@@ -11,8 +11,8 @@
 //! Nothing touches the machine's own interfaces or cgroups; traffic stays inside these
 //! namespaces. Addresses are documentation ranges.
 
-pub mod bench;
 pub mod cnirun;
+pub mod kube_fake;
 pub mod netns;
 pub mod node;
 pub mod progtest;

@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Node, NodeOptions};
+use test_support::{Node, NodeOptions};
 
 use super::{
     check_interrupted,
@@ -261,7 +261,7 @@ fn apply(cfg: &Config, node: &PolicyNode, res: &mut Results) -> Result<()> {
          {PROBE_TIMEOUT_MS} ms)"
     );
     let to = SocketAddr::from((node.probe.ip, LOAD_PORT));
-    let load_bin = crate::bin("sluice-load");
+    let load_bin = test_support::bin("sluice-load");
     let mut server = Guarded::spawn(
         node.node
             .pod_command(&node.probe.ns, load_bin.as_os_str())

@@ -17,7 +17,7 @@ use std::{
 use aya::maps::{HashMap as BpfHash, Map, MapData};
 use datapath_common::svc;
 
-use crate::{Node, NodeOptions, Pod};
+use test_support::{Node, NodeOptions, Pod};
 
 use super::{
     super::{

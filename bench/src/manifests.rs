@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Node, NodeOptions};
+use test_support::{Node, NodeOptions};
 
 use super::{
     check_interrupted,

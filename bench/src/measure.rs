@@ -125,7 +125,7 @@ pub fn load(sys: &dyn System, l: Load, t: Timing) -> Result<LoadSample> {
         Peers::Loopback => (pods.server, SocketAddr::from(([127, 0, 0, 1], LOAD_PORT))),
     };
     let to = to.to_string();
-    let load_bin = crate::bin("sluice-load");
+    let load_bin = test_support::bin("sluice-load");
     // A worker per connection (a worker serves one connection until it closes).
     let workers = l.connections.max(4).to_string();
     let pin = l.cpus.args()?;

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{unique, CniCall, Netns, Node, NodeOptions, Pod};
+use test_support::{unique, CniCall, Netns, Node, NodeOptions, Pod};
 
 use super::{
     super::{
@@ -345,7 +345,7 @@ impl PolicyNode {
     /// `drop:policy-ingress` moves, the client's succeeds and `policy:allowed-new` moves;
     /// without, both connect and neither counter moves. Returns a line for the log.
     pub fn check_enforcement(&self) -> Result<String> {
-        let load_bin = crate::bin("sluice-load");
+        let load_bin = test_support::bin("sluice-load");
         let to = SocketAddr::from((self.server.ip, LOAD_PORT));
         let server = Guarded::spawn(
             self.node
@@ -361,7 +361,7 @@ impl PolicyNode {
             self.counter("policy:allowed-new")?,
         );
         let connect = |pod: &Pod| {
-            crate::in_netns(&pod.ns.path(), move || {
+            test_support::in_netns(&pod.ns.path(), move || {
                 TcpStream::connect_timeout(&to, REFUSED_TIMEOUT).is_ok()
             })
         };

@@ -209,7 +209,7 @@ fn crr_rounds(cfg: &Config, systems: &[&dyn SvcSystem], n: usize, res: &mut Resu
 /// programmed: what answers later must be the Service translation, not some route.
 fn unreachable_without_services(system: &str, netns: PathBuf) -> Result<()> {
     let to = SocketAddr::from((FIRST_CLUSTER_IP, SERVICE_PORT));
-    let r = crate::in_netns(&netns, move || {
+    let r = test_support::in_netns(&netns, move || {
         TcpStream::connect_timeout(&to, Duration::from_secs(1))
     });
     match r {
@@ -225,7 +225,7 @@ fn unreachable_without_services(system: &str, netns: PathBuf) -> Result<()> {
 /// errors, balance and translation.
 fn load(sys: &dyn SvcSystem, mode: Mode, n: usize, t: Timing) -> Result<(ClientReport, String)> {
     sys.prepare()?;
-    let load_bin = crate::bin("sluice-load");
+    let load_bin = test_support::bin("sluice-load");
     let mut servers = Vec::new();
     for (i, ip) in sys.backends().into_iter().enumerate() {
         let mut g = Guarded::spawn(

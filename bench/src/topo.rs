@@ -27,13 +27,13 @@ use std::{
 
 use serde_json::json;
 
-use crate::{unique, Netns, Node, NodeOptions, Pod};
+use test_support::{unique, Netns, Node, NodeOptions, Pod};
 
 use super::{cni::CniPlugin, Context as _, Error, Result};
 
 pub const MTU: u32 = 1500;
 /// The bridge node's pod CIDR: the same as the Sluice node's.
-const BRIDGE_POD_CIDR: &str = crate::node::DEFAULT_POD_CIDR;
+const BRIDGE_POD_CIDR: &str = test_support::node::DEFAULT_POD_CIDR;
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
 /// The client and server pod of a system.

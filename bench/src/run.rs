@@ -270,7 +270,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         cfg.rounds,
         cfg.timing.seconds,
         cfg.timing.warmup,
-        crate::bin_dir().display()
+        test_support::bin_dir().display()
     );
     if !cfg.agent_args.is_empty() {
         eprintln!("sluice-bench: agent flags {}", cfg.agent_args.join(" "));
@@ -576,7 +576,7 @@ fn preflight() -> Result<()> {
         }
     }
     for b in ["sluice-agent", "sluice-cni", "sluicectl", "sluice-load"] {
-        let p = crate::bin_dir().join(b);
+        let p = test_support::bin_dir().join(b);
         if !p.exists() {
             return Err(Error::msg(format!(
                 "{} not found: build it (bench/run builds release binaries) or set SLUICE_BIN_DIR",
@@ -588,7 +588,7 @@ fn preflight() -> Result<()> {
 }
 
 /// Namespaces this process made that still exist (the fixture's and the harness's names all
-/// carry the process id, see [`crate::unique`]).
+/// carry the process id, see [`test_support::unique`]).
 pub fn leftovers() -> Vec<String> {
     let tag = format!("{}x", std::process::id() % 100_000);
     let Ok(rd) = std::fs::read_dir("/run/netns") else {

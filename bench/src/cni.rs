@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{unique, Netns};
+use test_support::{unique, Netns};
 
 use super::{check_interrupted, hist::Histogram, Context as _, Error, Result};
 
