@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHash, Map, MapData};
 use datapath_common::{policy, user};
-use integration::{Node, NodeOptions};
+use test_support::{Node, NodeOptions};
 
 const BOUND: Duration = Duration::from_secs(8);
 

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datapath_common::policy::MAX_RANGES;
-use integration::{bin, Node, NodeOptions, Pod};
 use serde_json::Value;
+use test_support::{bin, Node, NodeOptions, Pod};
 
 const BOUND: Duration = Duration::from_secs(8);
 
