@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use datapath_common::user::{EndpointRecord, Endpoints};
+use datapath_user::{EndpointRecord, Endpoints};
 use integration::{
     node::{NODE_IP, OUTSIDE_IP},
     unique, CniCall, CniOutput, Netns, Node, NodeOptions, Pod,

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use datapath_common::{config, endpoint, metrics, nat, pins, policy, sock, svc, user};
+use datapath_common::{config, endpoint, metrics, nat, pins, policy, sock, svc};
 use integration::{node::NODE_IP, unique, CniCall, CniOutput, Netns, Node, NodeOptions};
 use serde_json::json;
 
@@ -94,8 +94,10 @@ fn expected_pins(bpffs: &Path) -> BTreeSet<PathBuf> {
         policy::REVISION_MAP_NAME,
         policy::POD_ISOLATION_MAP_NAME,
     ];
-    let maps = maps.iter().map(|m| user::map_path(bpffs, m));
-    let progs = pins::PROGRAMS.iter().map(|p| user::prog_path(bpffs, p));
+    let maps = maps.iter().map(|m| datapath_user::map_path(bpffs, m));
+    let progs = pins::PROGRAMS
+        .iter()
+        .map(|p| datapath_user::prog_path(bpffs, p));
     let links = [
         pins::LINK_SOCKOPS,
         "sock4_connect",
