@@ -327,6 +327,53 @@ fn agent_sigterm_removes_socket_and_keeps_datapath() {
     assert_eq!(left, ["a"], "DEL with the agent stopped left an endpoint");
 }
 
+/// Test that the `log` records of the libraries the agent uses reach its `tracing` output:
+/// aya reports its kernel feature detection through `log` at debug level when it loads the
+/// datapath, so with `RUST_LOG=info,aya=debug` that record appears in the agent's log, under
+/// its `log` target `aya::bpf`.
+#[test]
+fn agent_log_carries_library_log_records() {
+    let mut node = Node::new(NodeOptions::default());
+    node.stop_agent(false);
+    let _ = std::fs::remove_file(node.state_dir().join("agent.sock"));
+    let log_path = node.path("library-log.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut child = node
+        .agent_command()
+        .env("RUST_LOG", "info,aya=debug")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluice-agent");
+    // The socket is bound after the datapath is loaded.
+    let sock = node.state_dir().join("agent.sock");
+    let deadline = Instant::now() + DEADLINE;
+    while !sock.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "sluice-agent exited ({st}):\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "agent socket not bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).expect("SIGTERM the agent");
+    child.wait().expect("wait for the agent");
+    let out = std::fs::read_to_string(&log_path).expect("read the agent log");
+    let line = out
+        .lines()
+        .find(|l| l.contains("BPF Feature Detection"))
+        .unwrap_or_else(|| panic!("no aya log record in the agent log:\n{out}"));
+    assert!(
+        line.contains("DEBUG") && line.contains("aya::bpf"),
+        "aya's record lacks its level or target: {line}"
+    );
+}
+
 /// `sluice-agent --uninstall` in the node namespace, with the node's directories.
 fn uninstall_command(node: &Node) -> Command {
     let mut c = node.node.command(bin("sluice-agent"));
