@@ -2,7 +2,7 @@
 //! node built in network namespaces: every spec version's ADD/CHECK/DEL, VERSION, STATUS, GC,
 //! the error codes of bad input, and that nothing (IPAM address, endpoint, host veth, pod
 //! interface) is left behind on any path. Expected values come from the CNI checklist
-//! (../shared/reference/cni-spec.md, §0, §2, §5, §6, §11–12), never from running Sluice.
+//! (the CNI specification 1.1.0, §0, §2, §5, §6, §11–12), never from running Sluice.
 
 use std::net::Ipv4Addr;
 

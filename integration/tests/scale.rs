@@ -1,7 +1,7 @@
 //! The CNI plugin under load on one node: a burst of parallel ADDs (as a runtime starting many
 //! pods at once) and long ADD/DEL churn, checking that concurrency gives every pod its own
 //! address and working datapath, and that churn leaks no address, endpoint, host veth or pin.
-//! Counts and concurrency are bounded for a 2-core machine (../shared/notes/testing.md);
+//! Counts and concurrency are bounded for a 2-core machine (README.md, Tests);
 //! times are printed, never asserted.
 
 use std::{
