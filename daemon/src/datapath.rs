@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, Map, MapData, MapInfo},
+    maps::{Array, Map, MapData},
     programs::SchedClassifier,
     EbpfLoader,
 };
@@ -173,35 +173,11 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Checks that every map already pinned has the layout this agent was built for. A mismatch
-/// means a pin from an incompatible build under the same versioned name: refuse rather than
-/// let programs read the wrong bytes.
+/// Checks that every map already pinned has the layout this agent was built for
+/// ([`crate::pins::check_pinned_layouts`]). A mismatch means a pin from an incompatible build
+/// under the same versioned name: refuse rather than let programs read the wrong bytes.
 pub fn check_pinned_layouts(bpffs: &Path) -> anyhow::Result<usize> {
-    let mut adopted = 0;
-    for (name, key, value, max) in MAP_LAYOUTS {
-        let path = datapath_user::map_path(bpffs, name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path)
-            .with_context(|| format!("read pinned map {}", path.display()))?;
-        let got = (
-            info.key_size() as usize,
-            info.value_size() as usize,
-            info.max_entries(),
-        );
-        if got != (*key, *value, *max) {
-            bail!(
-                "pinned map {} has key/value/max-entries {:?}, this agent expects {:?}; \
-                 remove the pin (sluice-agent --uninstall) to start over",
-                path.display(),
-                got,
-                (key, value, max)
-            );
-        }
-        adopted += 1;
-    }
-    Ok(adopted)
+    Ok(crate::pins::check_pinned_layouts(bpffs)?)
 }
 
 /// The loaded datapath.
@@ -329,8 +305,7 @@ fn remove_retired_maps(maps_dir: &Path) -> anyhow::Result<()> {
 /// Writes the node configuration into the pinned `SL_CFG_V1` of `bpffs` (at load, and when
 /// the agent turns a datapath feature on or off).
 pub fn write_config(bpffs: &Path, cfg: &config::NodeConfig) -> anyhow::Result<()> {
-    let path = datapath_user::map_path(bpffs, config::MAP_NAME);
-    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+    let md = crate::pins::open(bpffs, config::MAP_NAME)?;
     let mut arr: Array<MapData, config::NodeConfig> =
         Array::try_from(Map::Array(md)).context("config map type")?;
     arr.set(0, cfg, 0).context("write the node configuration")?;

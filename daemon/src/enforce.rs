@@ -74,8 +74,7 @@ pub struct PolicyMaps {
 }
 
 fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = datapath_user::map_path(bpffs, name);
-    MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))
+    Ok(crate::pins::open(bpffs, name)?)
 }
 
 fn proto_number(p: Proto) -> u8 {

@@ -48,8 +48,7 @@ pub struct ServiceMaps {
 }
 
 fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = datapath_user::map_path(bpffs, name);
-    MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))
+    Ok(crate::pins::open(bpffs, name)?)
 }
 
 /// The datapath's protocol number, or `None` for what it does not balance (SCTP).

@@ -15,5 +15,6 @@ pub mod manifests;
 pub mod masq;
 pub mod model;
 pub mod node;
+pub mod pins;
 pub mod policy;
 pub mod services;

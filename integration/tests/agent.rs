@@ -374,6 +374,57 @@ fn agent_log_carries_library_log_records() {
     );
 }
 
+/// Test that a pinned map whose layout is not what this build expects (here `SL_EP_V1`
+/// replaced by an array of 4 `u64`s) is refused with a typed error naming the pin, the layout
+/// this build expects (the sizes of datapath-common's key and value, its max entries) and the
+/// one found, and that the agent refuses to start on it, saying the same.
+#[test]
+fn pin_with_foreign_layout_is_refused_by_name() {
+    use daemon::pins::{Layout, PinError};
+    use datapath_common::{addr::IpKey, endpoint};
+
+    let mut node = Node::new(NodeOptions::default());
+    node.stop_agent(false);
+    let path = datapath_user::map_path(&node.bpffs(), endpoint::MAP_NAME);
+    std::fs::remove_file(&path).expect("remove the endpoint map pin");
+    aya::maps::Array::<aya::maps::MapData, u64>::create(4, 0)
+        .expect("create an array map")
+        .pin(&path)
+        .expect("pin it in place of SL_EP_V1");
+
+    let found = Layout {
+        key_size: 4,
+        value_size: 8,
+        max_entries: 4,
+    };
+    match daemon::pins::open(&node.bpffs(), endpoint::MAP_NAME) {
+        Err(PinError::Layout {
+            path: p,
+            expected,
+            found: f,
+        }) => {
+            assert_eq!(p, path);
+            let want = Layout {
+                key_size: std::mem::size_of::<IpKey>() as u32,
+                value_size: std::mem::size_of::<endpoint::Value>() as u32,
+                max_entries: endpoint::MAX_ENTRIES,
+            };
+            assert_eq!(expected, want);
+            assert_eq!(f, found);
+        }
+        Err(e) => panic!("not a layout error: {e}"),
+        Ok(_) => panic!("a pin of another layout was opened"),
+    }
+
+    let out = output_bounded(node.agent_command());
+    assert!(!out.status.success(), "the agent started on a foreign pin");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains(&found.to_string()),
+        "the agent's error names neither the pin nor what it found:\n{err}"
+    );
+}
+
 /// `sluice-agent --uninstall` in the node namespace, with the node's directories.
 fn uninstall_command(node: &Node) -> Command {
     let mut c = node.node.command(bin("sluice-agent"));

@@ -25,10 +25,7 @@ impl PolicyMaps {
         use aya::maps::SockHash;
         use datapath_common::{nat::Tuple, sock::SockKey};
 
-        let Ok(md) = MapData::from_pin(datapath_user::map_path(
-            &self.bpffs,
-            datapath_common::sock::MAP_NAME,
-        )) else {
+        let Ok(md) = crate::pins::open(&self.bpffs, datapath_common::sock::MAP_NAME) else {
             return Ok(0); // acceleration is off
         };
         let mut hash: SockHash<MapData, SockKey> =
