@@ -9,7 +9,6 @@ pub mod datapath;
 pub mod enforce;
 pub mod flows;
 pub mod kube;
-pub mod lb;
 pub mod maglev;
 pub mod manifests;
 pub mod masq;

@@ -15,7 +15,7 @@ use datapath_common::config;
 use datapath_user::hostport;
 
 use super::{Shared, SOCKMAP_ANNOTATION};
-use crate::{datapath, enforce, lb, model::ClusterState, policy, services};
+use crate::{datapath, enforce, model::ClusterState, policy, services};
 
 /// What services and policy are computed from: the cluster state and this node's pods
 /// (namespace, name) → address, from the endpoint map. Read once per reconciliation.
@@ -101,7 +101,7 @@ pub(super) struct PolicyState {
 
 /// The service load balancer's state: the maps, what was last computed, and from what.
 pub(super) struct LbState {
-    pub(super) maps: lb::ServiceMaps,
+    pub(super) maps: services::maps::ServiceMaps,
     pub(super) frontends: Vec<services::Frontend>,
     /// What the last compilation refused (each logged when it first appeared).
     pub(super) conflicts: Vec<services::Conflict>,

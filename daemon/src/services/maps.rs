@@ -1,5 +1,5 @@
 //! Programs the service maps (`SL_SVC_V1`, `SL_BE_V1`, `SL_MAGLEV_V1`) from the frontends
-//! [`crate::services`] computes, writing only what changed.
+//! [`crate::services`] compiles, writing only what changed.
 //!
 //! Each frontend keeps a stable id for its life (its counters, affinity entries and Maglev table
 //! hang off it); ids and backend slots are recovered from the pinned maps when the agent
