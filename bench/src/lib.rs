@@ -6,7 +6,7 @@
 //! scenarios compare Sluice's load balancing with kube-proxy's iptables mode (`iptables`) on
 //! the bridge CNI. The NetworkPolicy scenarios compare Sluice with 1,000 policies against
 //! Sluice with none, on both its paths, and time policy changes. Every topology is built in
-//! network namespaces this process makes and releases (../shared/notes/testing.md).
+//! network namespaces this process makes and releases (README.md, Tests).
 //!
 //! Modules: [`hist`] latency histograms, [`load`] the `sluice-load` generator, [`topo`] the
 //! four systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL

@@ -15,7 +15,7 @@
 //! the agent down.
 //!
 //! hostPort: the `runtimeConfig.portMappings` of an ADD are recorded in `<stateDir>/hostports`
-//! (`datapath_common::hostport`) and removed at DEL; the agent programs them as frontends.
+//! (`datapath_user::hostport`) and removed at DEL; the agent programs them as frontends.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -24,7 +24,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use datapath_common::{endpoint, hostport, pins, user};
+use datapath_common::{endpoint, pins};
+use datapath_user::hostport;
 use ipnetwork::IpNetwork;
 
 use crate::{
@@ -83,8 +84,8 @@ fn refuse_node_overlap(cidrs: &[IpNetwork]) -> Result<(), CniError> {
 }
 
 /// The endpoint maps; a datapath that was never loaded is "try again later".
-fn open_endpoints(bpffs: &Path) -> Result<user::Endpoints, CniError> {
-    user::Endpoints::open(bpffs).map_err(|e| {
+fn open_endpoints(bpffs: &Path) -> Result<datapath_user::Endpoints, CniError> {
+    datapath_user::Endpoints::open(bpffs).map_err(|e| {
         if e.is_not_found() {
             CniError::TryAgain {
                 reason: format!(
@@ -142,13 +143,13 @@ struct Undo<'a> {
 }
 
 impl Undo<'_> {
-    fn run(self, eps: &mut user::Endpoints) {
+    fn run(self, eps: &mut datapath_user::Endpoints) {
         for ip in &self.endpoints {
             let _ = eps.remove(*ip);
         }
         if let (Some(c), Ok(mut ns)) = (
             self.netns_cookie,
-            user::PodNamespaces::open(&self.conf.bpffs),
+            datapath_user::PodNamespaces::open(&self.conf.bpffs),
         ) {
             let _ = ns.remove(c);
         }
@@ -180,7 +181,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
     };
     // Fail before allocating anything when the datapath or the namespace is missing.
     let mut eps = open_endpoints(&conf.bpffs)?;
-    if !user::prog_path(&conf.bpffs, pins::PROG_FROM_POD).exists() {
+    if !datapath_user::prog_path(&conf.bpffs, pins::PROG_FROM_POD).exists() {
         return Err(CniError::TryAgain {
             reason: format!(
                 "program {} is not pinned (is sluice-agent running?)",
@@ -278,7 +279,7 @@ fn wire(
     netns: &File,
     gateway: Ipv4Addr,
     allocs: &[ipam::Allocation],
-    eps: &mut user::Endpoints,
+    eps: &mut datapath_user::Endpoints,
     undo: &mut Undo<'_>,
 ) -> Result<CniResult, CniError> {
     let (cid, ifname) = ids(env);
@@ -329,7 +330,7 @@ fn wire(
             .map_err(nl_err)?;
         nl.add_permanent_neighbour(l.index, IpAddr::V4(gateway), host_mac)
             .map_err(nl_err)?;
-        let cookie = user::current_netns_cookie().map_err(|source| CniError::Netns {
+        let cookie = datapath_user::current_netns_cookie().map_err(|source| CniError::Netns {
             path: PathBuf::from("(read SO_NETNS_COOKIE)"),
             source,
         })?;
@@ -344,12 +345,12 @@ fn wire(
                 .map_err(nl_err)?;
         }
     }
-    user::attach_pinned_tc(&conf.bpffs, pins::PROG_FROM_POD, &host, true)
+    datapath_user::attach_pinned_tc(&conf.bpffs, pins::PROG_FROM_POD, &host, true)
         .map_err(|e| dp_err(format!("attach to {host}"), e))?;
-    user::attach_pinned_tc(&conf.bpffs, pins::PROG_TO_POD, &host, false)
+    datapath_user::attach_pinned_tc(&conf.bpffs, pins::PROG_TO_POD, &host, false)
         .map_err(|e| dp_err(format!("attach to {host} (egress)"), e))?;
     // A pod some NetworkPolicy selects starts isolated: its rules follow from the agent.
-    let isolation = user::pod_isolation_flags(
+    let isolation = datapath_user::pod_isolation_flags(
         &conf.bpffs,
         env.args.k8s_pod_namespace.as_deref().unwrap_or_default(),
         env.args.k8s_pod_name.as_deref().unwrap_or_default(),
@@ -360,7 +361,7 @@ fn wire(
         pod_mac: pod_link.mac,
         host_mac,
     };
-    let meta = user::endpoint_meta(
+    let meta = datapath_user::endpoint_meta(
         cid,
         ifname,
         env.args.k8s_pod_namespace.as_deref().unwrap_or_default(),
@@ -368,8 +369,8 @@ fn wire(
         netns_cookie,
     );
     // Register the pod's namespace for socket acceleration (the agent may turn it off per pod).
-    let mut podns =
-        user::PodNamespaces::open(&conf.bpffs).map_err(|e| dp_err("open pod namespaces", e))?;
+    let mut podns = datapath_user::PodNamespaces::open(&conf.bpffs)
+        .map_err(|e| dp_err("open pod namespaces", e))?;
     podns
         .set(netns_cookie, 0)
         .map_err(|e| dp_err("register pod namespace", e))?;
@@ -433,7 +434,7 @@ fn teardown(conf: &NetConf, cid: &str, ifname: &str, errors: &mut Vec<CniError>)
         }
         None => BTreeSet::new(),
     };
-    match user::Endpoints::open(&conf.bpffs) {
+    match datapath_user::Endpoints::open(&conf.bpffs) {
         Ok(mut eps) => {
             match eps.list() {
                 Ok(list) => addrs.extend(
@@ -462,12 +463,12 @@ fn teardown(conf: &NetConf, cid: &str, ifname: &str, errors: &mut Vec<CniError>)
 /// Removes the endpoint at `ip` and its pod namespace's registration.
 fn remove_endpoint(
     conf: &NetConf,
-    eps: &mut user::Endpoints,
+    eps: &mut datapath_user::Endpoints,
     ip: IpAddr,
     errors: &mut Vec<CniError>,
 ) {
     let cookie = eps.get_meta(ip).map(|m| m.netns_cookie).filter(|c| *c != 0);
-    if let (Some(c), Ok(mut ns)) = (cookie, user::PodNamespaces::open(&conf.bpffs)) {
+    if let (Some(c), Ok(mut ns)) = (cookie, datapath_user::PodNamespaces::open(&conf.bpffs)) {
         if let Err(e) = ns.remove(c) {
             errors.push(dp_err("remove pod namespace", e));
         }
@@ -617,7 +618,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
     let na = |reason: String| CniError::NotAvailable { reason };
     for p in pins::PROGRAMS {
-        if !user::prog_path(&conf.bpffs, p).exists() {
+        if !datapath_user::prog_path(&conf.bpffs, p).exists() {
             return Err(na(format!(
                 "the Sluice datapath is not loaded in {}",
                 conf.bpffs.display()
@@ -669,7 +670,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     }
     // Endpoints at an address IPAM holds go with its owner's teardown (or stay with it); the
     // others (an interrupted ADD or DEL) are judged by their own record.
-    let mut eps = user::Endpoints::open(&conf.bpffs).ok();
+    let mut eps = datapath_user::Endpoints::open(&conf.bpffs).ok();
     let mut orphans = Vec::new();
     if let Some(e) = &eps {
         match e.list() {

@@ -345,9 +345,9 @@ pub fn in_netns<T: Send>(
     })
 }
 
-pub use datapath_common::user::mac_string;
+pub use datapath_user::mac_string;
 
-pub use datapath_common::user::host_veth_name;
+pub use datapath_user::host_veth_name;
 
 #[cfg(test)]
 mod tests {

@@ -15,8 +15,8 @@ use datapath_common::config;
 use ipnetwork::IpNetwork;
 
 use crate::{
-    api, cni_install, datapath, enforce, flows, lb, manifests, masq, model::ClusterState, node,
-    policy,
+    api, cni_install, datapath, enforce, flows, manifests, masq, model::ClusterState, node, policy,
+    services,
 };
 
 mod handler;
@@ -218,7 +218,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     } else {
         0
     };
-    let svc_maps = lb::ServiceMaps::open(&s.bpffs)?;
+    let svc_maps = services::maps::ServiceMaps::open(&s.bpffs)?;
     if !svc_maps.is_empty() {
         // Services programmed by an earlier agent keep working while this one catches up.
         cfg.flags |= config::FLAG_SERVICES;

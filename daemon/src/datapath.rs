@@ -12,11 +12,11 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, Map, MapData, MapInfo},
+    maps::{Array, Map, MapData},
     programs::SchedClassifier,
     EbpfLoader,
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, policy, sock, svc, user};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, policy, sock, svc};
 
 /// The datapath object, built by build.rs through aya-build.
 pub static OBJECT: &[u8] =
@@ -173,35 +173,11 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Checks that every map already pinned has the layout this agent was built for. A mismatch
-/// means a pin from an incompatible build under the same versioned name: refuse rather than
-/// let programs read the wrong bytes.
+/// Checks that every map already pinned has the layout this agent was built for
+/// ([`crate::pins::check_pinned_layouts`]). A mismatch means a pin from an incompatible build
+/// under the same versioned name: refuse rather than let programs read the wrong bytes.
 pub fn check_pinned_layouts(bpffs: &Path) -> anyhow::Result<usize> {
-    let mut adopted = 0;
-    for (name, key, value, max) in MAP_LAYOUTS {
-        let path = user::map_path(bpffs, name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path)
-            .with_context(|| format!("read pinned map {}", path.display()))?;
-        let got = (
-            info.key_size() as usize,
-            info.value_size() as usize,
-            info.max_entries(),
-        );
-        if got != (*key, *value, *max) {
-            bail!(
-                "pinned map {} has key/value/max-entries {:?}, this agent expects {:?}; \
-                 remove the pin (sluice-agent --uninstall) to start over",
-                path.display(),
-                got,
-                (key, value, max)
-            );
-        }
-        adopted += 1;
-    }
-    Ok(adopted)
+    Ok(crate::pins::check_pinned_layouts(bpffs)?)
 }
 
 /// The loaded datapath.
@@ -244,7 +220,7 @@ impl Datapath {
                 .with_context(|| format!("program {name} is not a TC classifier"))?;
             prog.load()
                 .with_context(|| format!("verify and load {name}"))?;
-            let pin = user::prog_path(bpffs, name);
+            let pin = datapath_user::prog_path(bpffs, name);
             // bpffs refuses names with dots.
             let tmp = progs_dir.join(format!("{name}_new"));
             let _ = std::fs::remove_file(&tmp);
@@ -272,8 +248,8 @@ impl Datapath {
 
     /// Attaches the masquerade programs to the uplink (replacing earlier ones in place).
     pub fn attach_uplink(&self, uplink: &str) -> anyhow::Result<()> {
-        user::attach_pinned_tc(&self.bpffs, pins::PROG_UPLINK_EGRESS, uplink, false)?;
-        user::attach_pinned_tc(&self.bpffs, pins::PROG_UPLINK_INGRESS, uplink, true)?;
+        datapath_user::attach_pinned_tc(&self.bpffs, pins::PROG_UPLINK_EGRESS, uplink, false)?;
+        datapath_user::attach_pinned_tc(&self.bpffs, pins::PROG_UPLINK_INGRESS, uplink, true)?;
         Ok(())
     }
 
@@ -282,14 +258,24 @@ impl Datapath {
     /// ifindex can be reused by another interface after a pod is gone, so the interface must
     /// also carry the name derived from the endpoint's attachment before anything is attached.
     pub fn reattach_endpoints(&self) -> anyhow::Result<(usize, usize)> {
-        let eps = user::Endpoints::open(&self.bpffs)?;
+        let eps = datapath_user::Endpoints::open(&self.bpffs)?;
         let (mut ok, mut missing) = (0, 0);
         for ep in eps.list()? {
             let expected = ep.host_veth_name();
             match nix::net::if_::if_indextoname(ep.value.ifindex) {
                 Ok(name) if name.to_string_lossy() == expected => {
-                    user::attach_pinned_tc(&self.bpffs, pins::PROG_FROM_POD, &expected, true)?;
-                    user::attach_pinned_tc(&self.bpffs, pins::PROG_TO_POD, &expected, false)?;
+                    datapath_user::attach_pinned_tc(
+                        &self.bpffs,
+                        pins::PROG_FROM_POD,
+                        &expected,
+                        true,
+                    )?;
+                    datapath_user::attach_pinned_tc(
+                        &self.bpffs,
+                        pins::PROG_TO_POD,
+                        &expected,
+                        false,
+                    )?;
                     ok += 1;
                 }
                 _ => missing += 1,
@@ -319,8 +305,7 @@ fn remove_retired_maps(maps_dir: &Path) -> anyhow::Result<()> {
 /// Writes the node configuration into the pinned `SL_CFG_V1` of `bpffs` (at load, and when
 /// the agent turns a datapath feature on or off).
 pub fn write_config(bpffs: &Path, cfg: &config::NodeConfig) -> anyhow::Result<()> {
-    let path = user::map_path(bpffs, config::MAP_NAME);
-    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+    let md = crate::pins::open(bpffs, config::MAP_NAME)?;
     let mut arr: Array<MapData, config::NodeConfig> =
         Array::try_from(Map::Array(md)).context("config map type")?;
     arr.set(0, cfg, 0).context("write the node configuration")?;

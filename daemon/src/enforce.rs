@@ -22,7 +22,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, HashMap as BpfHash, Map, MapData,
 };
-use datapath_common::{endpoint, policy, user};
+use datapath_common::{endpoint, policy};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::policy::{Allow, Endpoint, Peer, PolicySet, Ports};
@@ -79,8 +79,7 @@ pub struct PolicyMaps {
 }
 
 fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = user::map_path(bpffs, name);
-    MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))
+    Ok(crate::pins::open(bpffs, name)?)
 }
 
 /// The IP protocol number the policy maps key a protocol by.
@@ -349,7 +348,7 @@ impl PolicyMaps {
             }
         }
         // 2. Isolation of running endpoints and of pods to come.
-        let mut eps = user::Endpoints::open(&self.bpffs)?;
+        let mut eps = datapath_user::Endpoints::open(&self.bpffs)?;
         for rec in eps.list()? {
             let want_iso = flags.get(&rec.addr).copied().unwrap_or(0);
             let iso_bits = endpoint::FLAG_ISOLATED_INGRESS | endpoint::FLAG_ISOLATED_EGRESS;
@@ -371,7 +370,8 @@ impl PolicyMaps {
             .isolation_keys
             .difference(&iso.keys().copied().collect())
         {
-            user::absent_is_ok(self.pod_isolation.remove(k)).context("remove pod isolation")?;
+            datapath_user::absent_is_ok(self.pod_isolation.remove(k))
+                .context("remove pod isolation")?;
         }
         self.isolation_keys = iso.keys().copied().collect();
         // 3. Entries no longer wanted.
@@ -382,7 +382,7 @@ impl PolicyMaps {
             .copied()
             .collect();
         for k in &gone {
-            user::absent_is_ok(self.rules.remove(&Key::new(k.0, k.1)))
+            datapath_user::absent_is_ok(self.rules.remove(&Key::new(k.0, k.1)))
                 .context("remove a policy rule")?;
             stats.removed += 1;
             changed = true;

@@ -27,7 +27,7 @@ use aya::maps::{HashMap as BpfHash, Map, MapData};
 use datapath_common::{
     flow::{self, Life, Timeouts, STATES, STATE_NAMES, STATE_TCP_CLOSED},
     nat::{self, Binding, Tuple},
-    policy, svc, user,
+    policy, svc,
 };
 
 use crate::api;
@@ -88,8 +88,7 @@ fn pressure(entries: u64, capacity: u32) -> u32 {
 }
 
 fn open_hash<V: aya::Pod>(bpffs: &Path, name: &str) -> anyhow::Result<BpfHash<MapData, Tuple, V>> {
-    let path = user::map_path(bpffs, name);
-    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+    let md = crate::pins::open(bpffs, name)?;
     BpfHash::try_from(Map::LruHashMap(md)).with_context(|| format!("{name} map type"))
 }
 
@@ -318,7 +317,7 @@ impl Collector {
     fn accelerated_keys(&self) -> HashSet<Tuple> {
         use aya::maps::SockHash;
         use datapath_common::sock::{self, SockKey};
-        let Ok(md) = MapData::from_pin(user::map_path(&self.bpffs, sock::MAP_NAME)) else {
+        let Ok(md) = crate::pins::open(&self.bpffs, sock::MAP_NAME) else {
             return HashSet::new();
         };
         let Ok(hash) = SockHash::<MapData, SockKey>::try_from(Map::SockHash(md)) else {
@@ -376,8 +375,7 @@ impl Collector {
     /// datapath); here unconnected UDP sockets' entries idle past `udp-replied`, and any idle
     /// past the TCP established timeout.
     fn collect_sock_rev(&mut self, now: u64) -> anyhow::Result<()> {
-        let path = user::map_path(&self.bpffs, svc::SOCK_REV_MAP_NAME);
-        let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+        let md = crate::pins::open(&self.bpffs, svc::SOCK_REV_MAP_NAME)?;
         let mut map: BpfHash<MapData, svc::SockRevKey, svc::SockRev> =
             BpfHash::try_from(Map::LruHashMap(md)).context("socket reverse map type")?;
         let all: Vec<(svc::SockRevKey, svc::SockRev)> = map

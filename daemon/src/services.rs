@@ -41,6 +41,7 @@
 mod claims;
 mod endpoints;
 pub mod hostport;
+pub mod maps;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

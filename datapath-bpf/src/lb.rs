@@ -32,6 +32,7 @@ const SNAT_TRIES: u32 = 16;
 #[inline(always)]
 pub fn frontend(daddr: [u8; 4], dport: u16, proto: u8, scope: u8) -> Option<svc::Value> {
     let key = svc::Key::v4(daddr, dport, proto, scope);
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     unsafe { SERVICES.get(&key) }.copied()
 }
 
@@ -39,7 +40,7 @@ pub fn frontend(daddr: [u8; 4], dport: u16, proto: u8, scope: u8) -> Option<svc:
 #[inline(always)]
 pub fn count_service(id: u32, len: u32) {
     if let Some(c) = SVC_COUNTERS.get_ptr_mut(id) {
-        // Per-CPU slot: no other CPU writes it.
+        // SAFETY: per-CPU slot: valid for the run and no other CPU writes it.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += len as u64;
@@ -64,19 +65,24 @@ pub fn select(
     }
     let affinity = fe.flags & svc::FLAG_AFFINITY != 0;
     let now = if affinity {
+        // SAFETY: a BPF helper with no memory preconditions.
         unsafe { bpf_ktime_get_ns() }
     } else {
         0
     };
     if affinity {
         if let Some(a) = AFFINITY.get_ptr_mut(aff) {
-            // In place: the entry is the client's own; a racing update only renews it too.
+            // SAFETY: a map value, valid for the whole run; in place: the entry is the client's
+            // own; a racing update only renews it too.
             let (last, slot) = unsafe { ((*a).last_ns, (*a).slot) };
             let fresh = now.wrapping_sub(last) < fe.affinity_timeout as u64 * 1_000_000_000;
             if fresh && slot <= fe.count {
                 let key = BackendKey { id: fe.id, slot };
+                // SAFETY: map values outlive the run (freed after an RCU grace period).
                 if let Some(b) = unsafe { BACKENDS.get(&key) } {
+                    // SAFETY: a map value, valid for the whole run.
                     if *b == unsafe { (*a).backend } {
+                        // SAFETY: a map value, valid for the whole run.
                         unsafe { (*a).last_ns = now };
                         return Some(b);
                     }
@@ -85,11 +91,13 @@ pub fn select(
         }
     }
     let slot = if fe.flags & svc::FLAG_MAGLEV != 0 {
+        // SAFETY: map values outlive the run (freed after an RCU grace period).
         match unsafe { MAGLEV.get(&fe.id) } {
             Some(table) => {
                 // Read back through a volatile so the bound check stays in the program: the
                 // compiler knows `% M < M` and would drop it; the verifier does not.
                 let idx = svc::maglev_index(hash);
+                // SAFETY: volatile reads of live, aligned locals.
                 let idx = unsafe { core::ptr::read_volatile(&idx) };
                 if idx >= svc::MAGLEV_M {
                     return None;
@@ -102,12 +110,14 @@ pub fn select(
         random_slot(fe.count)?
     };
     let mut key = BackendKey { id: fe.id, slot };
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     let b = match unsafe { BACKENDS.get(&key) } {
         Some(b) => b,
         None => {
             // The set shrank between reading the count and the slot (the agent removes
             // trailing slots last): slot 1 is always part of a non-empty set.
             key.slot = 1;
+            // SAFETY: map values outlive the run (freed after an RCU grace period).
             unsafe { BACKENDS.get(&key) }?
         }
     };
@@ -124,6 +134,7 @@ pub fn select(
 #[inline(always)]
 fn random_slot(count: u32) -> Option<u32> {
     // checked_rem: a plain `%` keeps a divide-by-zero panic path the verifier rejects.
+    // SAFETY: a BPF helper with no memory preconditions.
     Some(unsafe { bpf_get_prandom_u32() }.checked_rem(count)? + 1)
 }
 
@@ -217,14 +228,16 @@ fn try_forward(
 ) -> Result<i64, i32> {
     let scratch = LB_SCRATCH.get_ptr_mut(0).ok_or(TC_ACT_SHOT as i32)?;
     // Per-CPU and used by one program run at a time (TC runs with preemption off).
+    // SAFETY: per-CPU scratch slot, used by one run at a time (TC runs with preemption off).
     let sc = unsafe { &mut *scratch };
     sc.tuple = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
     if let Some(x) = LB_CT.get_ptr_mut(&sc.tuple) {
-        // In place: the entry is this flow's own.
+        // SAFETY: a map value, valid for the whole run; in place: the entry is this flow's own.
         let x = unsafe { &mut *x };
         let seen = flow::seen_of(tcp_flags(ctx, ip, l4));
         sc.reply = x.partner(ip.proto);
         if x.flags & svc::XLATE_REPLY == 0 && !restarts(x, &sc.reply, seen) {
+            // SAFETY: a BPF helper with no memory preconditions.
             x.life.touch(unsafe { bpf_ktime_get_ns() }, seen);
             sc.fwd = *x;
             count_service(x.id, ctx.len());
@@ -254,6 +267,7 @@ fn try_forward(
     let back = v4(&b.addr.addr);
     // Read again rather than kept across the choice: registers are scarce, stack more so.
     let seen = flow::seen_of(tcp_flags(ctx, ip, l4));
+    // SAFETY: a BPF helper with no memory preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     sc.fwd = svc::Xlate {
         saddr: wide(ip.saddr),
@@ -317,6 +331,7 @@ fn restarts(x: &svc::Xlate, partner: &nat::Tuple, seen: u32) -> bool {
     if seen & flow::SEEN_SYN == 0 {
         return false;
     }
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     match unsafe { LB_CT.get(partner) } {
         Some(r) => flow::closed(x.life.seen, r.life.seen),
         None => true,
@@ -334,6 +349,7 @@ pub fn untranslated(f: &crate::policy::Flow) {
     }
     let reply = nat::Tuple::v4(f.proto, f.daddr, f.saddr, f.dport, f.sport);
     if let Some(x) = LB_CT.get_ptr_mut(&reply) {
+        // SAFETY: a map value, valid for the whole run.
         let x = unsafe { &mut *x };
         if x.flags & svc::XLATE_REPLY != 0 && x.life.seen & flow::SEEN_STALE == 0 {
             x.life.seen |= flow::SEEN_STALE;
@@ -345,6 +361,7 @@ pub fn untranslated(f: &crate::policy::Flow) {
 #[inline(always)]
 pub fn apply_chosen(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<(), i32> {
     let sc = LB_SCRATCH.get_ptr(0).ok_or(TC_ACT_SHOT as i32)?;
+    // SAFETY: per-CPU scratch slot, used by one run at a time (TC runs with preemption off).
     apply(ctx, ip, l4, unsafe { &(*sc).fwd })
 }
 
@@ -352,6 +369,7 @@ pub fn apply_chosen(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<(), i32> {
 #[inline(always)]
 pub fn chosen_flow(flow: &mut crate::policy::Flow) -> Result<(), i32> {
     let sc = LB_SCRATCH.get_ptr(0).ok_or(TC_ACT_SHOT as i32)?;
+    // SAFETY: per-CPU scratch slot, used by one run at a time (TC runs with preemption off).
     let x = unsafe { &(*sc).fwd };
     flow.saddr = v4(&x.saddr);
     flow.daddr = v4(&x.daddr);
@@ -368,6 +386,7 @@ pub fn chosen_flow(flow: &mut crate::policy::Flow) -> Result<(), i32> {
 fn claim_snat_port(cfg: &config::NodeConfig, first: &nat::Tuple, rev: &svc::Xlate) -> i32 {
     let min = cfg.snat_port_min as u32;
     let range = (cfg.snat_port_max as u32).saturating_sub(min) + 1;
+    // SAFETY: a BPF helper with no memory preconditions.
     let start = unsafe { bpf_get_prandom_u32() }
         .checked_rem(range)
         .unwrap_or(0);
@@ -391,7 +410,7 @@ pub fn reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> i64 {
     let Some(x) = LB_CT.get_ptr_mut(&tuple) else {
         return MISS;
     };
-    // In place: the entry is this flow's own.
+    // SAFETY: a map value, valid for the whole run; in place: the entry is this flow's own.
     let e = unsafe { &mut *x };
     if e.flags & svc::XLATE_REPLY == 0 || e.life.seen & flow::SEEN_STALE != 0 {
         return MISS;
@@ -403,6 +422,7 @@ pub fn reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> i64 {
         return MISS;
     }
     e.life
+        // SAFETY: a BPF helper with no memory preconditions.
         .touch(unsafe { bpf_ktime_get_ns() }, flow::seen_of(flags));
     let x = &*e;
     if apply(ctx, ip, l4, x).is_err() {

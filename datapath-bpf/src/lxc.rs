@@ -40,19 +40,24 @@ pub fn sl_from_pod(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(TC_ACT_UNSPEC)?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     if unsafe { (*eth).proto } != ETH_P_IP.to_be() {
         // ARP, IPv6 neighbour discovery and other non-IPv4 frames go to the stack as before.
         return Ok(TC_ACT_UNSPEC);
     }
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or_else(|| drop(ctx, metrics::DROP_INVALID))?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let saddr = unsafe { (*ip).saddr };
 
     // Source check: the sender must be the endpoint that owns this veth.
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     let src_flags = match unsafe { ENDPOINTS.get(IpKey::v4(saddr)) } {
         Some(src) if src.ifindex == ifindex => src.flags,
         _ => return Err(drop(ctx, metrics::DROP_SPOOFED_SOURCE)),
     };
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let hdr = unsafe { *ip };
     let mut flow = flow_of(ctx, &hdr, src_flags);
 
@@ -137,12 +142,14 @@ fn services(
         if r & lb::TO_UPLINK != 0 {
             // The source is now a node address: the stack would drop it as a martian, so it
             // goes out of the uplink with the neighbour resolved by the kernel (≥ 5.10).
+            // SAFETY: a BPF helper with no memory preconditions.
             return Ok(unsafe {
                 bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) as i32
             });
         }
         return Ok(deliver_or_stack(ctx, lb::daddr_of(r)));
     }
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     if unsafe { ENDPOINTS.get(IpKey::v4(hdr.daddr)) }.is_none() {
         match lb::forward(ctx, cfg, hdr, &l4, svc::SCOPE_INTERNAL) {
             lb::MISS => {}
@@ -170,6 +177,7 @@ fn services(
 /// with no pod behind it (a removed backend) is answered with a reset (port unreachable).
 #[inline(always)]
 fn deliver_or_dead(ctx: &TcContext, cfg: &config::NodeConfig, ip: &Ipv4Hdr, ifindex: u32) -> i32 {
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     if unsafe { ENDPOINTS.get(IpKey::v4(ip.daddr)) }.is_none()
         && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
         && cfg.in_pod_cidr4(ip.daddr)
@@ -193,10 +201,12 @@ pub fn sl_to_pod(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_to_pod(ctx: &TcContext) -> Result<i32, i32> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(TC_ACT_UNSPEC)?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     if unsafe { (*eth).proto } != ETH_P_IP.to_be() {
         return Ok(TC_ACT_UNSPEC);
     }
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(TC_ACT_UNSPEC)?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let hdr = unsafe { *ip };
     let flow = flow_of(ctx, &hdr, policy::flags_of(hdr.saddr));
     enforce(ctx, &flow)?;

@@ -30,6 +30,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 // bpf_redirect_peer and the checksum helpers are usable under any license; GPL keeps the door
 // open for GPL-only helpers later.
+// SAFETY: a unique symbol in the section the loader reads the license from; nothing else uses
+// the name or the section.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

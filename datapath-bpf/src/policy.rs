@@ -76,8 +76,10 @@ fn judge(
 #[inline(always)]
 fn tracked(t: &nat::Tuple, c: &policy::Conn, rev: u32, node: [u8; 4], seen: u32) -> Option<u32> {
     let e = CONNTRACK.get_ptr_mut(t)?;
+    // SAFETY: a map value, valid for the whole run.
     let e = unsafe { &mut *e };
     if seen != 0 {
+        // SAFETY: a BPF helper with no memory preconditions.
         e.life.touch(unsafe { bpf_ktime_get_ns() }, seen);
     }
     if e.revision != rev {
@@ -110,6 +112,7 @@ pub fn socket_allowed(local: policy::SockEnd, remote: policy::SockEnd) -> bool {
 /// The endpoint flags of a local pod's address; 0 for any other address.
 #[inline(always)]
 pub fn flags_of(addr: [u8; 4]) -> u32 {
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     match unsafe { ENDPOINTS.get(datapath_common::addr::IpKey::v4(addr)) } {
         Some(ep) => ep.flags,
         None => 0,
@@ -197,6 +200,7 @@ fn record(t: &nat::Tuple, rev: u32, denied: u32, seen: u32) {
     let entry = policy::CtEntry {
         revision: rev,
         denied,
+        // SAFETY: a BPF helper with no memory preconditions.
         life: flow::Life::new(unsafe { bpf_ktime_get_ns() }, seen),
     };
     let _ = CONNTRACK.insert(t, &entry, BPF_ANY as u64);
@@ -207,12 +211,15 @@ fn record(t: &nat::Tuple, rev: u32, denied: u32, seen: u32) {
 /// (inlined, it would grow [`check`]'s frame past what its call chain can hold).
 #[inline(never)]
 fn closing(fwd: &nat::Tuple, seen: u32) {
+    // SAFETY: a BPF helper with no memory preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(e) = CONNTRACK.get_ptr_mut(fwd) {
+        // SAFETY: a map value, valid for the whole run.
         unsafe { (*e).life.touch(now, seen) };
         return;
     }
     if let Some(e) = CONNTRACK.get_ptr_mut(&fwd.reversed()) {
+        // SAFETY: a map value, valid for the whole run.
         unsafe { (*e).life.touch(now, seen << flow::REPLY_SHIFT) };
     }
 }

@@ -76,6 +76,7 @@ pub fn reset_to_pod(ctx: &TcContext, ifindex: u32, peer: bool, reason: u32) -> i
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return drop(ctx, reason);
     };
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let ip = unsafe { *ip };
     if ip.header_len() != 20 || ip.is_fragment() {
         return drop(ctx, reason);
@@ -92,6 +93,7 @@ pub fn reset_to_pod(ctx: &TcContext, ifindex: u32, peer: bool, reason: u32) -> i
     ) else {
         return drop(ctx, reason);
     };
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let (eth, tcp) = unsafe { (*eth, *tcp) };
     if tcp.flags & TCP_RST != 0 {
         return drop(ctx, reason);
@@ -139,10 +141,12 @@ pub fn reset_to_pod(ctx: &TcContext, ifindex: u32, peer: bool, reason: u32) -> i
         },
     };
     let mut iph = f.ip;
+    // SAFETY: a `repr(C)` header of integers without padding: any bits are bytes.
     let ip_bytes: [u8; 20] = unsafe { core::mem::transmute(iph) };
     iph.check = fold(sum16(&ip_bytes, 0)).to_be();
     f.ip = iph;
     let mut th = f.tcp;
+    // SAFETY: a `repr(C)` header of integers without padding: any bits are bytes.
     let tcp_bytes: [u8; 20] = unsafe { core::mem::transmute(th) };
     let mut pseudo = sum16(&iph.saddr, 0);
     pseudo = sum16(&iph.daddr, pseudo);
@@ -150,6 +154,7 @@ pub fn reset_to_pod(ctx: &TcContext, ifindex: u32, peer: bool, reason: u32) -> i
     th.check = fold(sum16(&tcp_bytes, pseudo)).to_be();
     f.tcp = th;
 
+    // SAFETY: the kernel's skb; no packet pointer is used after the call.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAME_LEN, 0) } != 0 {
         return drop(ctx, reason);
     }
@@ -190,6 +195,7 @@ fn unreachable(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32, peer: bool, reason: 
     ) else {
         return drop(ctx, reason);
     };
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let (eth, l4) = unsafe { (*eth, *l4) };
     let mut f = Unreachable {
         eth: EthHdr {
@@ -217,14 +223,17 @@ fn unreachable(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32, peer: bool, reason: 
         orig_l4: l4,
     };
     let mut iph = f.ip;
+    // SAFETY: a `repr(C)` header of integers without padding: any bits are bytes.
     let ip_bytes: [u8; 20] = unsafe { core::mem::transmute(iph) };
     iph.check = fold(sum16(&ip_bytes, 0)).to_be();
     f.ip = iph;
     // The ICMP checksum covers the ICMP header and everything after it (36 bytes here).
+    // SAFETY: a `repr(C)` header of integers without padding: any bits are bytes.
     let all: [u8; UNREACHABLE_LEN as usize] = unsafe { core::mem::transmute(f) };
     let icmp_off = ETH_HLEN + 20;
     f.icmp_check = fold(sum16(&all[icmp_off..], 0)).to_be();
 
+    // SAFETY: the kernel's skb; no packet pointer is used after the call.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, UNREACHABLE_LEN, 0) } != 0 {
         return drop(ctx, reason);
     }
@@ -240,8 +249,10 @@ fn unreachable(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32, peer: bool, reason: 
 #[inline(always)]
 fn send_back(ifindex: u32, peer: bool) -> i32 {
     if peer {
+        // SAFETY: a BPF helper with no memory preconditions.
         unsafe { aya_ebpf::helpers::generated::bpf_redirect_peer(ifindex, 0) as i32 }
     } else {
+        // SAFETY: a BPF helper with no memory preconditions.
         unsafe { aya_ebpf::helpers::generated::bpf_redirect(ifindex, 0) as i32 }
     }
 }

@@ -74,7 +74,7 @@ pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
 #[inline(always)]
 pub fn count(idx: u32, len: u32) {
     if let Some(c) = METRICS.get_ptr_mut(idx) {
-        // Per-CPU slot: no other CPU writes it.
+        // SAFETY: per-CPU slot: valid for the run and no other CPU writes it.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += len as u64;
@@ -98,11 +98,13 @@ pub fn deliver_local(ctx: &TcContext, ep: &endpoint::Value) -> i32 {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return drop(ctx, metrics::DROP_INVALID);
     };
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let ttl = unsafe { (*ip).ttl };
     if ttl <= 1 {
         return drop(ctx, metrics::DROP_TTL_EXCEEDED);
     }
     // TTL shares a 16-bit checksum word with the protocol byte.
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let proto = unsafe { (*ip).proto };
     let old = u16::from_be_bytes([ttl, proto]);
     let new = u16::from_be_bytes([ttl - 1, proto]);
@@ -121,15 +123,18 @@ pub fn deliver_local(ctx: &TcContext, ep: &endpoint::Value) -> i32 {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return drop(ctx, metrics::DROP_INVALID);
     };
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     unsafe { (*ip).ttl = ttl - 1 };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(ctx, metrics::DROP_INVALID);
     };
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     unsafe {
         (*eth).dst = ep.pod_mac;
         (*eth).src = ep.host_mac;
     }
     count(metrics::FWD_LOCAL_POD, ctx.len());
+    // SAFETY: a BPF helper with no memory preconditions.
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }
 
@@ -137,6 +142,7 @@ pub fn deliver_local(ctx: &TcContext, ep: &endpoint::Value) -> i32 {
 #[inline(always)]
 pub fn deliver_or_stack(ctx: &TcContext, daddr: [u8; 4]) -> i32 {
     if let Some(dst) =
+        // SAFETY: map values outlive the run (freed after an RCU grace period).
         unsafe { crate::maps::ENDPOINTS.get(datapath_common::addr::IpKey::v4(daddr)) }
     {
         let ep = *dst;

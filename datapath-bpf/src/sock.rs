@@ -65,6 +65,7 @@ use crate::{
 /// The endpoint flags of a local pod's address, when it takes part (did not opt out).
 #[inline(always)]
 fn taking_part(ip: [u8; 4]) -> Option<u32> {
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     match unsafe { ENDPOINTS.get(IpKey::v4(ip)) } {
         Some(ep) if ep.flags & endpoint::FLAG_NO_SOCKMAP == 0 => Some(ep.flags),
         _ => None,
@@ -94,6 +95,7 @@ fn qualifies(local: [u8; 4], lport: u16, remote: [u8; 4], rport: u16) -> bool {
 /// moved ("dereference of modified ctx ptr"), which copying the array as a whole produces.
 #[inline(always)]
 fn ip6(words: &[u32; 4]) -> [u32; 4] {
+    // SAFETY: volatile reads of live, aligned locals.
     unsafe {
         [
             ptr::read_volatile(&words[0]),
@@ -108,6 +110,7 @@ fn ip6(words: &[u32; 4]) -> [u32; 4] {
 /// from a sockhash, only the dedicated helper may insert).
 #[inline(always)]
 fn leave(key: &sock::SockKey) {
+    // SAFETY: both pointers come from references valid across the call.
     unsafe {
         bpf_map_delete_elem(
             ptr::from_ref(&SOCKHASH).cast_mut().cast(),
@@ -123,6 +126,7 @@ pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
     if !opener && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return 0;
     }
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let ops = unsafe { &mut *ctx.ops };
     let Some(ends) = sock::SockEnds::from_ctx(
         ops.family,
@@ -132,7 +136,9 @@ pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
         // Not IPv4: the other end, the same connection, gets no key either.
         return 0;
     };
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     let wants = match unsafe { POD_NAMESPACES.get(&cookie) } {
         Some(flags) if flags & sock::NS_FLAG_NO_SOCKMAP == 0 => {
             qualifies(ends.local, ends.local_port, ends.remote, ends.remote_port)
@@ -161,6 +167,7 @@ pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
         return 0;
     }
     let peer = ends.peer_key(cookie);
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     let record = unsafe { SOCK_JOINED.get(&peer) }.copied();
     // The record counts only if this delete is the one that removes it: whoever else might
     // take it (a later sweep) then knows the acceptor did not.
@@ -178,6 +185,7 @@ pub fn sl_sockops(ctx: SockOpsContext) -> u32 {
 
 #[sk_msg]
 pub fn sl_sk_msg(ctx: SkMsgContext) -> u32 {
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let md = unsafe { &*ctx.msg };
     let Some(ends) = sock::SockEnds::from_ctx(
         md.family,
@@ -186,6 +194,7 @@ pub fn sl_sk_msg(ctx: SkMsgContext) -> u32 {
     ) else {
         return SK_PASS;
     };
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.msg.cast()) };
     let size = md.size;
     // The helper answers SK_DROP when the peer is not in the map: then the message simply

@@ -44,10 +44,12 @@ pub fn sl_sock4_send(ctx: SockAddrContext) -> i32 {
 /// the backend it is connected to; an unconnected socket's entries age out in the collector).
 #[cgroup_sock(sock_release)]
 pub fn sl_sock_rel(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let sk = unsafe { &*ctx.sock };
     if sk.family != AF_INET || sk.dst_ip4 == 0 {
         return ALLOW;
     }
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
     let key = svc::SockRevKey {
         cookie,
@@ -75,6 +77,7 @@ pub fn sl_sock4_peer(ctx: SockAddrContext) -> i32 {
 /// which.
 #[inline(always)]
 fn translate(ctx: &SockAddrContext, flags: u32) -> i32 {
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let proto = sa.protocol as u8;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
@@ -86,7 +89,9 @@ fn translate(ctx: &SockAddrContext, flags: u32) -> i32 {
     let Some(fe) = frontend(daddr, dport, proto, svc::SCOPE_INTERNAL) else {
         return ALLOW;
     };
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let aff = svc::AffinityKey {
         netns_cookie: netns,
@@ -116,6 +121,7 @@ fn translate(ctx: &SockAddrContext, flags: u32) -> i32 {
     };
     let Some(b) = select(&fe, hash, &aff, &mut fresh) else {
         count(metrics::DROP_NO_BACKEND, 0);
+        // SAFETY: a BPF helper with no memory preconditions.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     };
@@ -130,6 +136,7 @@ fn translate(ctx: &SockAddrContext, flags: u32) -> i32 {
         frontend: svc::Backend::v4(daddr, dport),
         flags,
         _pad: 0,
+        // SAFETY: a BPF helper with no memory preconditions.
         life: flow::Life::new(unsafe { bpf_ktime_get_ns() }, flow::SEEN_PKT),
     };
     // Best effort: without it only recvmsg/getpeername would show the backend.
@@ -144,16 +151,19 @@ fn translate(ctx: &SockAddrContext, flags: u32) -> i32 {
 /// Shows the Service address in place of the backend a socket was translated to.
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext) {
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: the kernel's context pointer, valid for the whole run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = svc::SockRevKey {
         cookie,
         backend: svc::Backend::v4(sa.user_ip4.to_ne_bytes(), sa.user_port as u16),
     };
     if let Some(e) = SOCK_REV.get_ptr_mut(&key) {
-        // In place: the entry is this socket's own.
+        // SAFETY: a map value, valid for the whole run; in place: the entry is this socket's own.
         let e = unsafe { &mut *e };
         e.life.touch(
+            // SAFETY: a BPF helper with no memory preconditions.
             unsafe { bpf_ktime_get_ns() },
             flow::SEEN_PKT << flow::REPLY_SHIFT,
         );

@@ -43,9 +43,11 @@ pub fn sl_up_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(TC_ACT_UNSPEC)?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     if unsafe { (*eth).proto } != ETH_P_IP.to_be() {
         return Ok(TC_ACT_UNSPEC);
     }
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let ip = unsafe { *ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(TC_ACT_UNSPEC)? };
     let cfg = CONFIG.get(0).ok_or(TC_ACT_UNSPEC)?;
     if cfg.flags & config::FLAG_MASQUERADE == 0
@@ -64,6 +66,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     let node_ip = cfg.node_ip4;
     let orig = nat::Tuple::v4(ip.proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
     let seen = flow::seen_of(tcp_flags(ctx, &ip, &l4));
+    // SAFETY: a BPF helper with no memory preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
     let back = binding(ip.saddr, l4.sport, now, 0);
@@ -106,6 +109,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
 /// paid only by sources outside the CIDR (the node's own traffic).
 #[inline(always)]
 fn is_pod_source(cfg: &config::NodeConfig, saddr: [u8; 4]) -> bool {
+    // SAFETY: map values outlive the run (freed after an RCU grace period).
     cfg.in_pod_cidr4(saddr) || unsafe { ENDPOINTS.get(IpKey::v4(saddr)) }.is_some()
 }
 
@@ -122,12 +126,14 @@ fn keep_port(
     seen: u32,
     now: u64,
 ) -> Option<u16> {
-    // In place: the entry is this flow's own; a racing CPU only records the same flow.
+    // SAFETY: a map value, valid for the whole run; in place: the entry is this flow's own; a
+    // racing CPU only records the same flow.
     let fwd = unsafe { &mut *fwd };
     let port = fwd.port;
     let reply = orig.masq_reply(fwd);
     match REV_SNAT.get_ptr_mut(&reply) {
         Some(r) => {
+            // SAFETY: a map value, valid for the whole run.
             let r = unsafe { &mut *r };
             if !r.points_at(&back.addr, back.port) {
                 return None;
@@ -174,6 +180,7 @@ fn claim_port(
     }
     let range = max - min + 1;
     // checked_rem: a plain `%` would keep a divide-by-zero panic path the verifier rejects.
+    // SAFETY: a BPF helper with no memory preconditions.
     let start = unsafe { bpf_get_prandom_u32() }.checked_rem(range)?;
     for i in 0..PORT_TRIES {
         let port = ((min + (start + i).checked_rem(range)?) as u16).to_be();
@@ -195,9 +202,11 @@ pub fn sl_up_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(TC_ACT_UNSPEC)?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     if unsafe { (*eth).proto } != ETH_P_IP.to_be() {
         return Ok(TC_ACT_UNSPEC);
     }
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
     let ip = unsafe { *ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(TC_ACT_UNSPEC)? };
     let cfg = CONFIG.get(0).ok_or(TC_ACT_UNSPEC)?;
     if ip.is_fragment() {
@@ -211,6 +220,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
             match lb::forward(ctx, cfg, &ip, &l4, svc::SCOPE_EXTERNAL) {
                 lb::MISS => {}
                 lb::NO_BACKEND => {
+                    // SAFETY: the kernel's context pointer, valid for the whole run.
                     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
                     return Ok(reset_to_pod(ctx, ifindex, false, metrics::DROP_NO_BACKEND));
                 }
@@ -258,9 +268,10 @@ fn try_rev_masquerade(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<i32, i32> {
         // A connection opened from outside is never a reply: not the pod's.
         return Ok(TC_ACT_UNSPEC);
     }
-    // In place: the entry is this flow's own.
+    // SAFETY: a map value, valid for the whole run; in place: the entry is this flow's own.
     let b = unsafe { &mut *b };
     b.life
+        // SAFETY: a BPF helper with no memory preconditions.
         .touch(unsafe { bpf_ktime_get_ns() }, flow::seen_of(flags));
     let pod = [b.addr[0], b.addr[1], b.addr[2], b.addr[3]];
     let pod_port = b.port;

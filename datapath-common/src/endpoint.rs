@@ -34,7 +34,7 @@ pub struct Value {
 const _: () = assert!(core::mem::size_of::<Value>() == 20);
 
 /// Pod identity of an endpoint. Names are NUL-padded and cut at the field size; a container
-/// id longer than 120 bytes is stored as a digest (`user::meta_container_id`), so it still
+/// id longer than 120 bytes is stored as a digest (`datapath_user::meta_container_id`), so it still
 /// identifies its attachment exactly.
 /// (V2: the netns cookie was added.)
 #[repr(C)]

@@ -1,28 +1,21 @@
 //! Types shared by Sluice's eBPF programs (kernel side) and its user-space loader, CNI plugin
-//! and CLI. Everything here is `#![no_std]`, `#[repr(C)]`, made of fixed-width integers and byte
+//! and CLI, with their constructors; user-space access to the maps is `datapath-user`'s. Everything here is `#![no_std]`, `#[repr(C)]`, made of fixed-width integers and byte
 //! arrays with explicit, zeroed padding, so the kernel and user space read identical bytes.
 //! One module per map: its key, its value, its kernel name and its size.
 //!
 //! Addresses are always 16 bytes with a family tag, so IPv6 needs no new layout.
 #![no_std]
 
-#[cfg(feature = "user")]
-extern crate std;
-
 pub mod addr;
 pub mod config;
 pub mod endpoint;
 pub mod flow;
-#[cfg(feature = "user")]
-pub mod hostport;
 pub mod metrics;
 pub mod nat;
 pub mod pins;
 pub mod policy;
 pub mod sock;
 pub mod svc;
-#[cfg(feature = "user")]
-pub mod user;
 
 /// Implements `aya::Pod` for user space; the kernel side needs nothing.
 #[cfg(feature = "user")]

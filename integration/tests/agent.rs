@@ -327,6 +327,104 @@ fn agent_sigterm_removes_socket_and_keeps_datapath() {
     assert_eq!(left, ["a"], "DEL with the agent stopped left an endpoint");
 }
 
+/// Test that the `log` records of the libraries the agent uses reach its `tracing` output:
+/// aya reports its kernel feature detection through `log` at debug level when it loads the
+/// datapath, so with `RUST_LOG=info,aya=debug` that record appears in the agent's log, under
+/// its `log` target `aya::bpf`.
+#[test]
+fn agent_log_carries_library_log_records() {
+    let mut node = Node::new(NodeOptions::default());
+    node.stop_agent(false);
+    let _ = std::fs::remove_file(node.state_dir().join("agent.sock"));
+    let log_path = node.path("library-log.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut child = node
+        .agent_command()
+        .env("RUST_LOG", "info,aya=debug")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluice-agent");
+    // The socket is bound after the datapath is loaded.
+    let sock = node.state_dir().join("agent.sock");
+    let deadline = Instant::now() + DEADLINE;
+    while !sock.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "sluice-agent exited ({st}):\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "agent socket not bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).expect("SIGTERM the agent");
+    child.wait().expect("wait for the agent");
+    let out = std::fs::read_to_string(&log_path).expect("read the agent log");
+    let line = out
+        .lines()
+        .find(|l| l.contains("BPF Feature Detection"))
+        .unwrap_or_else(|| panic!("no aya log record in the agent log:\n{out}"));
+    assert!(
+        line.contains("DEBUG") && line.contains("aya::bpf"),
+        "aya's record lacks its level or target: {line}"
+    );
+}
+
+/// Test that a pinned map whose layout is not what this build expects (here `SL_EP_V1`
+/// replaced by an array of 4 `u64`s) is refused with a typed error naming the pin, the layout
+/// this build expects (the sizes of datapath-common's key and value, its max entries) and the
+/// one found, and that the agent refuses to start on it, saying the same.
+#[test]
+fn pin_with_foreign_layout_is_refused_by_name() {
+    use daemon::pins::{Layout, PinError};
+    use datapath_common::{addr::IpKey, endpoint};
+
+    let mut node = Node::new(NodeOptions::default());
+    node.stop_agent(false);
+    let path = datapath_user::map_path(&node.bpffs(), endpoint::MAP_NAME);
+    std::fs::remove_file(&path).expect("remove the endpoint map pin");
+    aya::maps::Array::<aya::maps::MapData, u64>::create(4, 0)
+        .expect("create an array map")
+        .pin(&path)
+        .expect("pin it in place of SL_EP_V1");
+
+    let found = Layout {
+        key_size: 4,
+        value_size: 8,
+        max_entries: 4,
+    };
+    match daemon::pins::open(&node.bpffs(), endpoint::MAP_NAME) {
+        Err(PinError::Layout {
+            path: p,
+            expected,
+            found: f,
+        }) => {
+            assert_eq!(p, path);
+            let want = Layout {
+                key_size: std::mem::size_of::<IpKey>() as u32,
+                value_size: std::mem::size_of::<endpoint::Value>() as u32,
+                max_entries: endpoint::MAX_ENTRIES,
+            };
+            assert_eq!(expected, want);
+            assert_eq!(f, found);
+        }
+        Err(e) => panic!("not a layout error: {e}"),
+        Ok(_) => panic!("a pin of another layout was opened"),
+    }
+
+    let out = output_bounded(node.agent_command());
+    assert!(!out.status.success(), "the agent started on a foreign pin");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains(&found.to_string()),
+        "the agent's error names neither the pin nor what it found:\n{err}"
+    );
+}
+
 /// `sluice-agent --uninstall` in the node namespace, with the node's directories.
 fn uninstall_command(node: &Node) -> Command {
     let mut c = node.node.command(bin("sluice-agent"));

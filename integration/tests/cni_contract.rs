@@ -2,12 +2,11 @@
 //! node built in network namespaces: every spec version's ADD/CHECK/DEL, VERSION, STATUS, GC,
 //! the error codes of bad input, and that nothing (IPAM address, endpoint, host veth, pod
 //! interface) is left behind on any path. Expected values come from the CNI checklist
-//! (../shared/reference/cni-spec.md, §0, §2, §5, §6, §11–12), never from running Sluice.
+//! (the CNI specification 1.1.0, §0, §2, §5, §6, §11–12), never from running Sluice.
 
 use std::net::Ipv4Addr;
 
-use datapath_common::user::{EndpointRecord, Endpoints};
-use serde_json::{json, Value};
+use datapath_user::{EndpointRecord, Endpoints};
 use test_support::{
     node::{NODE_IP, OUTSIDE_IP},
     unique, CniCall, CniOutput, Netns, Node, NodeOptions, Pod,

@@ -1,6 +1,6 @@
 //! The real `sluice-cni` binary against what outside testing (containerd's CRI, fuzzed CNI
 //! invocations) found: container ids of every length the spec allows (CNI_CONTAINERID matches
-//! `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, no length limit: ../shared/reference/cni-spec.md §1.2),
+//! `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, no length limit: CNI specification 1.1.0 §1.2),
 //! a stdout that cannot be written, pod CIDRs that cannot be pod networks, a log file that is
 //! a FIFO, and DEL with config it does not need (§2.2: DEL must release what it holds);
 //! malformed and oversized input are in cni_fuzz.rs. Every failure must be an error object on stdout (§6) and a

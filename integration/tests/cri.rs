@@ -1,4 +1,4 @@
-//! containerd's CRI as the client, the path kubelet takes (../shared/notes/containerd.md):
+//! containerd's CRI as the client, the path kubelet takes (installed by scripts/setup):
 //! a small CRI client (runtime.v1 over gRPC on a unix socket) asks a private containerd for
 //! pod sandboxes, containerd execs the Sluice plugin from the agent's bin dir with the conflist
 //! the agent wrote, and the sandboxes get Sluice addresses, reach each other and the outside,

@@ -1,4 +1,4 @@
-//! podman 4.3 as a real, independent CNI client (../shared/notes/podman.md): it reads the
+//! podman 4.3 as a real, independent CNI client (installed by scripts/setup): it reads the
 //! conflist the agent installed, execs the plugin through the same Go CNI library containerd
 //! and CRI-O use, and its containers get Sluice addresses and reach each other.
 //!

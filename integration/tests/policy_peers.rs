@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
-use datapath_common::{policy, user};
+use datapath_common::policy;
 use test_support::{Node, NodeOptions};
 
 const BOUND: Duration = Duration::from_secs(8);
@@ -35,7 +35,7 @@ fn remote_pod(name: &str, app: &str, ip: Ipv4Addr) -> String {
 /// Whether the datapath's rule trie lets `peer` into `subject` on TCP `port`: the lookup
 /// `sl_to_pod` and `sl_from_pod` make (the protocol's entry, then the any-protocol entry).
 fn trie_allows(node: &Node, subject: Ipv4Addr, peer: Ipv4Addr, port: u16) -> bool {
-    let path = user::map_path(&node.bpffs(), policy::MAP_NAME);
+    let path = datapath_user::map_path(&node.bpffs(), policy::MAP_NAME);
     let md = MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let trie: LpmTrie<MapData, policy::RuleData, policy::RuleValue> =
         LpmTrie::try_from(Map::LpmTrie(md)).expect("rule trie type");

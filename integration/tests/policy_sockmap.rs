@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use datapath_common::{endpoint, policy, user};
+use datapath_common::{endpoint, policy};
 use test_support::sockcheck::{addr, client, server, sockhash_len, start_client, Accel, Cg, Proc};
 use test_support::{Node, NodeOptions, Pod};
 
@@ -62,7 +62,7 @@ fn write(node: &Node, file: &str, text: &str) {
 }
 
 fn revision(node: &Node) -> u32 {
-    let path = user::map_path(&node.bpffs(), policy::REVISION_MAP_NAME);
+    let path = datapath_user::map_path(&node.bpffs(), policy::REVISION_MAP_NAME);
     let md = MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let a: Array<MapData, u32> = Array::try_from(Map::Array(md)).expect("revision map type");
     a.get(&0, 0).expect("read the policy revision")

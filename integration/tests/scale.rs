@@ -1,7 +1,7 @@
 //! The CNI plugin under load on one node: a burst of parallel ADDs (as a runtime starting many
 //! pods at once) and long ADD/DEL churn, checking that concurrency gives every pod its own
 //! address and working datapath, and that churn leaks no address, endpoint, host veth or pin.
-//! Counts and concurrency are bounded for a 2-core machine (../shared/notes/testing.md);
+//! Counts and concurrency are bounded for a 2-core machine (README.md, Tests);
 //! times are printed, never asserted.
 
 use std::{
@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use datapath_common::{config, endpoint, metrics, nat, pins, policy, sock, svc, user};
+use datapath_common::{config, endpoint, metrics, nat, pins, policy, sock, svc};
 use serde_json::json;
 use test_support::{node::NODE_IP, unique, CniCall, CniOutput, Netns, Node, NodeOptions};
 
@@ -95,8 +95,10 @@ fn expected_pins(bpffs: &Path) -> BTreeSet<PathBuf> {
         policy::REVISION_MAP_NAME,
         policy::POD_ISOLATION_MAP_NAME,
     ];
-    let maps = maps.iter().map(|m| user::map_path(bpffs, m));
-    let progs = pins::PROGRAMS.iter().map(|p| user::prog_path(bpffs, p));
+    let maps = maps.iter().map(|m| datapath_user::map_path(bpffs, m));
+    let progs = pins::PROGRAMS
+        .iter()
+        .map(|p| datapath_user::prog_path(bpffs, p));
     let links = [
         pins::LINK_SOCKOPS,
         "sock4_connect",

@@ -600,7 +600,7 @@ fn wait_pod_flags(node: &Node, pod: &Pod, want: u32) -> Duration {
         .find(|e| e.addr == IpAddr::V4(pod.ip))
         .map(|e| e.netns_cookie)
         .unwrap_or_else(|| panic!("no endpoint for pod {}", pod.name));
-    let ns = datapath_common::user::PodNamespaces::open(&node.bpffs()).expect("open SL_PODNS_V1");
+    let ns = datapath_user::PodNamespaces::open(&node.bpffs()).expect("open SL_PODNS_V1");
     let start = Instant::now();
     loop {
         let have = ns.get(cookie);

@@ -269,7 +269,7 @@ fn one_end_cannot_join_leaves_neither_end_accelerated() {
         .find(|e| e.name == c.name)
         .map(|e| e.netns_cookie)
         .expect("endpoint of pod c");
-    datapath_common::user::PodNamespaces::open(&node.bpffs())
+    datapath_user::PodNamespaces::open(&node.bpffs())
         .and_then(|mut ns| ns.remove(cookie))
         .expect("unregister c's namespace");
     let cases = [

@@ -1,5 +1,5 @@
 //! Test support for Sluice's privileged tests (integration/) and its benchmark (bench/): a whole node built from network namespaces on
-//! the real kernel (../shared/notes/testing.md), the real binaries exec'd the way a container
+//! the real kernel (README.md, Tests), the real binaries exec'd the way a container
 //! runtime and an operator exec them, and guards that release every namespace, mount, process
 //! and file on every exit path (panics included).
 //!

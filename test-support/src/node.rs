@@ -448,8 +448,8 @@ impl Node {
     }
 
     /// Endpoints recorded in the datapath's maps.
-    pub fn endpoints(&self) -> Vec<datapath_common::user::EndpointRecord> {
-        datapath_common::user::Endpoints::open(&self.bpffs())
+    pub fn endpoints(&self) -> Vec<datapath_user::EndpointRecord> {
+        datapath_user::Endpoints::open(&self.bpffs())
             .expect("open endpoint maps")
             .list()
             .expect("list endpoints")

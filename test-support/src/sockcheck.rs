@@ -205,7 +205,7 @@ pub fn sockhash_len(node: &Node) -> usize {
 /// The keys of the node's sockhash: one per accelerated socket.
 pub fn sockhash_keys(node: &Node) -> Vec<datapath_common::sock::SockKey> {
     use aya::maps::{Map, MapData, SockHash};
-    let path = datapath_common::user::map_path(&node.bpffs(), datapath_common::sock::MAP_NAME);
+    let path = datapath_user::map_path(&node.bpffs(), datapath_common::sock::MAP_NAME);
     let md = MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let h: SockHash<MapData, datapath_common::sock::SockKey> =
         SockHash::try_from(Map::SockHash(md)).expect("sockhash map type");

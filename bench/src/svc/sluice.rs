@@ -99,7 +99,7 @@ impl SluiceSvc {
 
     /// (frontends, frontends with all their backends) in the datapath's frontends map.
     fn in_maps(&self) -> Result<(usize, usize)> {
-        let path = datapath_common::user::map_path(&self.node.bpffs(), svc::MAP_NAME);
+        let path = datapath_user::map_path(&self.node.bpffs(), svc::MAP_NAME);
         let data = MapData::from_pin(&path)
             .with_context(|| format!("open the pinned map {}", path.display()))?;
         let map: BpfHash<MapData, svc::Key, svc::Value> =

@@ -3,7 +3,6 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{bail, Context as _};
-use datapath_common::user;
 
 use super::Shared;
 use crate::{api, policy, services};
@@ -13,11 +12,11 @@ impl api::Handler for Shared {
         let bpffs = &self.settings.bpffs;
         let loaded = datapath_common::pins::PROGRAMS
             .iter()
-            .all(|p| user::prog_path(bpffs, p).exists());
-        let endpoints = user::Endpoints::open(bpffs)
+            .all(|p| datapath_user::prog_path(bpffs, p).exists());
+        let endpoints = datapath_user::Endpoints::open(bpffs)
             .and_then(|e| e.list())
             .map(|l| l.len());
-        let counters: Vec<api::Counter> = user::read_metrics(bpffs)
+        let counters: Vec<api::Counter> = datapath_user::read_metrics(bpffs)
             .map(|c| {
                 c.into_iter()
                     .map(|(r, p, b)| api::Counter {
@@ -250,7 +249,7 @@ impl api::Handler for Shared {
     }
 
     fn endpoints(&self) -> anyhow::Result<Vec<api::Endpoint>> {
-        let eps = user::Endpoints::open(&self.settings.bpffs)?.list()?;
+        let eps = datapath_user::Endpoints::open(&self.settings.bpffs)?.list()?;
         let cluster = self
             .cluster
             .read()
@@ -271,7 +270,7 @@ impl api::Handler for Shared {
                     pod: e.name,
                     address: e.addr.to_string(),
                     ifindex: e.value.ifindex,
-                    mac: user::mac_string(e.value.pod_mac),
+                    mac: datapath_user::mac_string(e.value.pod_mac),
                     container_id: e.container_id,
                     ifname: e.ifname,
                     labels,

@@ -11,10 +11,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use datapath_common::{config, hostport, user};
+use datapath_common::config;
+use datapath_user::hostport;
 
 use super::{Shared, SOCKMAP_ANNOTATION};
-use crate::{datapath, enforce, lb, model::ClusterState, policy, services};
+use crate::{datapath, enforce, model::ClusterState, policy, services};
 
 /// What services and policy are computed from: the cluster state and this node's pods
 /// (namespace, name) → address, from the endpoint map. Read once per reconciliation.
@@ -32,7 +33,7 @@ impl Inputs {
             .read()
             .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
             .clone();
-        let eps = user::Endpoints::open(&shared.settings.bpffs)?.list()?;
+        let eps = datapath_user::Endpoints::open(&shared.settings.bpffs)?.list()?;
         let live: BTreeSet<(&str, IpAddr)> = eps
             .iter()
             .map(|e| (e.container_id.as_str(), e.addr))
@@ -45,7 +46,7 @@ impl Inputs {
         // opens nothing.
         // Endpoint records hold a long container id in digest form: compare in that form.
         hostports.retain(|r| {
-            let id = user::meta_container_id(&r.container_id);
+            let id = datapath_user::meta_container_id(&r.container_id);
             r.pod_ips
                 .iter()
                 .all(|ip| live.contains(&(id.as_str(), *ip)))
@@ -100,7 +101,7 @@ pub(super) struct PolicyState {
 
 /// The service load balancer's state: the maps, what was last computed, and from what.
 pub(super) struct LbState {
-    pub(super) maps: lb::ServiceMaps,
+    pub(super) maps: services::maps::ServiceMaps,
     pub(super) frontends: Vec<services::Frontend>,
     /// What the last compilation refused (each logged when it first appeared).
     pub(super) conflicts: Vec<services::Conflict>,
@@ -127,9 +128,9 @@ pub fn desired_pod_flags(pod: Option<&k8s_openapi::api::core::v1::Pod>) -> u32 {
 /// Brings every local pod's namespace flags in line with its annotations.
 pub(super) fn reconcile_pod_flags(shared: &Shared) -> anyhow::Result<()> {
     let bpffs = &shared.settings.bpffs;
-    let mut map = user::Endpoints::open(bpffs)?;
+    let mut map = datapath_user::Endpoints::open(bpffs)?;
     let eps = map.list()?;
-    let mut ns = user::PodNamespaces::open(bpffs)?;
+    let mut ns = datapath_user::PodNamespaces::open(bpffs)?;
     let cluster = shared
         .cluster
         .read()

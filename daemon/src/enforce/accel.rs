@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use aya::maps::{lpm_trie::Key, HashMap as BpfHash, Map, MapData};
-use datapath_common::{policy, user};
+use datapath_common::policy;
 
 use super::{open_map, PolicyMaps};
 
@@ -25,9 +25,7 @@ impl PolicyMaps {
         use aya::maps::SockHash;
         use datapath_common::{nat::Tuple, sock::SockKey};
 
-        let Ok(md) =
-            MapData::from_pin(user::map_path(&self.bpffs, datapath_common::sock::MAP_NAME))
-        else {
+        let Ok(md) = crate::pins::open(&self.bpffs, datapath_common::sock::MAP_NAME) else {
             return Ok(0); // acceleration is off
         };
         let mut hash: SockHash<MapData, SockKey> =
@@ -39,7 +37,7 @@ impl PolicyMaps {
         let ct: BpfHash<MapData, Tuple, policy::CtEntry> =
             BpfHash::try_from(Map::LruHashMap(open_map(&self.bpffs, policy::CT_MAP_NAME)?))
                 .context("connection tracker map type")?;
-        let flags: HashMap<[u8; 4], u32> = user::Endpoints::open(&self.bpffs)?
+        let flags: HashMap<[u8; 4], u32> = datapath_user::Endpoints::open(&self.bpffs)?
             .list()?
             .into_iter()
             .filter_map(|r| match r.addr {
@@ -73,7 +71,8 @@ impl PolicyMaps {
             let allowed =
                 opened.is_some_and(|c| policy::judge(&c, node.octets(), &allows).is_none());
             if !allowed {
-                user::absent_is_ok(hash.remove(&k)).context("take back an accelerated socket")?;
+                datapath_user::absent_is_ok(hash.remove(&k))
+                    .context("take back an accelerated socket")?;
                 taken += 1;
             }
         }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use aya::maps::lpm_trie::Key;
-use datapath_common::{addr::IpKey, policy, user};
+use datapath_common::{addr::IpKey, policy};
 
 use super::{PolicyMaps, RuleKey};
 
@@ -116,7 +116,7 @@ impl PolicyMaps {
              whose rules change first (they deny until rewritten)"
         );
         for k in keys {
-            user::absent_is_ok(self.rules.remove(&Key::new(k.0, k.1)))
+            datapath_user::absent_is_ok(self.rules.remove(&Key::new(k.0, k.1)))
                 .context("clear a policy rule")?;
             self.programmed.remove(&k);
         }

@@ -7,7 +7,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use aya::maps::lpm_trie::Key;
-use datapath_common::{addr::IpKey, metrics, policy, user};
+use datapath_common::{addr::IpKey, metrics, policy};
+use datapath_user as user;
 
 use super::{PolicyMaps, RuleKey};
 

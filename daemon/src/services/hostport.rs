@@ -1,5 +1,5 @@
 //! hostPort frontends: the `portMappings` the CNI plugin recorded at ADD
-//! (`datapath_common::hostport`), added to the Service frontends as NodePorts are: on every
+//! (`datapath_user::hostport`), added to the Service frontends as NodePorts are: on every
 //! node address (or the mapping's `hostIP`, when it is one of them), an external frontend for
 //! traffic arriving from outside (TC) and an internal one for this node's pods (socket LB), both
 //! to the one pod's `containerPort`. As the reference `portmap` plugin does, the client address
@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use datapath_common::hostport::Record;
+use datapath_user::hostport::Record;
 
 use super::{Backend, Frontend, FrontendKind, Proto, Scope};
 use crate::model::ClusterState;
@@ -166,7 +166,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datapath_common::hostport::Mapping;
+    use datapath_user::hostport::Mapping;
 
     const NODE: &str = "192.0.2.2";
 

@@ -1,15 +1,15 @@
-//! User-space access to the pinned maps (feature `user`): the one place the CNI plugin, the
-//! agent and the CLI open, read and write them, so all three agree on paths and types.
+//! User-space access to Sluice's pinned maps and programs: the one place the CNI plugin, the
+//! agent and the CLI open, read and write them, so all three agree on paths and types. The
+//! map layouts themselves are `datapath-common`'s (`no_std`, shared with the kernel side);
+//! this crate holds what only user space does: pin paths, map handles, TC attachment, socket
+//! options and the hostPort records of the state dir ([`hostport`]).
 
-use std::{
-    path::{Path, PathBuf},
-    string::String,
-    vec::Vec,
-};
+pub mod hostport;
+
+use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-
-use crate::{addr::IpKey, endpoint, metrics, pins};
+use datapath_common::{addr::IpKey, endpoint, metrics, pins};
 
 /// `<bpffs>/sluice/maps/<name>`.
 pub fn map_path(bpffs: &Path, name: &str) -> PathBuf {
@@ -22,22 +22,12 @@ pub fn prog_path(bpffs: &Path, name: &str) -> PathBuf {
 }
 
 /// An error opening or using a pinned map, with the path it concerns.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("pinned map {}", path.display())]
 pub struct PinError {
     pub path: PathBuf,
+    #[source]
     pub source: MapError,
-}
-
-impl core::fmt::Display for PinError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "pinned map {}", self.path.display())
-    }
-}
-
-impl std::error::Error for PinError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
 }
 
 impl PinError {
@@ -65,6 +55,10 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
     })
 }
 
+/// `BPF_EXIST` of `include/uapi/linux/bpf.h`: update only an entry that exists (libc does
+/// not carry the bpf(2) flags).
+const BPF_EXIST: u64 = 2;
+
 /// FNV-1a 64 offset basis and prime.
 const FNV_BASIS: u64 = 0xcbf29ce484222325;
 const FNV_PRIME: u64 = 0x100000001b3;
@@ -86,8 +80,8 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 
 /// [`host_veth_name`] from the FNV-1a state after the container id.
 fn veth_name_from(id_hash: u64, ifname: &str) -> String {
-    let h = fnv1a(id_hash, core::iter::once(b'/').chain(ifname.bytes()));
-    std::format!("sl{:013x}", h >> 12)
+    let h = fnv1a(id_hash, std::iter::once(b'/').chain(ifname.bytes()));
+    format!("sl{:013x}", h >> 12)
 }
 
 /// Bytes of a long container id kept verbatim in its digest form.
@@ -107,7 +101,7 @@ pub fn meta_container_id(container_id: &str) -> String {
     while !container_id.is_char_boundary(end) {
         end -= 1;
     }
-    std::format!(
+    format!(
         "{}~{:016x}",
         &container_id[..end],
         fnv1a(FNV_BASIS, container_id.bytes())
@@ -170,7 +164,7 @@ fn key_addr(k: &IpKey) -> std::net::IpAddr {
 }
 
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(crate::addr::trim_fixed(b)).into_owned()
+    String::from_utf8_lossy(datapath_common::addr::trim_fixed(b)).into_owned()
 }
 
 impl Endpoints {
@@ -232,7 +226,7 @@ impl Endpoints {
         v.flags = flags;
         // BPF_EXIST: never resurrect an entry a concurrent DEL just removed.
         self.eps
-            .insert(k, v, 2)
+            .insert(k, v, BPF_EXIST)
             .map_err(|e| self.err(endpoint::MAP_NAME, e))
     }
 
@@ -263,24 +257,18 @@ impl Endpoints {
 
 /// A map delete whose key was already gone counts as done (DEL and GC are idempotent).
 pub fn absent_is_ok(r: Result<(), MapError>) -> Result<(), MapError> {
-    const ENOENT: i32 = 2;
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(ENOENT) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(m: [u8; 6]) -> String {
-    std::format!(
+    format!(
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0],
-        m[1],
-        m[2],
-        m[3],
-        m[4],
-        m[5]
+        m[0], m[1], m[2], m[3], m[4], m[5]
     )
 }
 
@@ -295,10 +283,12 @@ pub fn endpoint_meta(
 ) -> endpoint::Meta {
     endpoint::Meta {
         netns_cookie,
-        container_id: crate::addr::fixed_bytes(meta_container_id(container_id).as_bytes()),
-        ifname: crate::addr::fixed_bytes(ifname.as_bytes()),
-        namespace: crate::addr::fixed_bytes(namespace.as_bytes()),
-        name: crate::addr::fixed_bytes(name.as_bytes()),
+        container_id: datapath_common::addr::fixed_bytes(
+            meta_container_id(container_id).as_bytes(),
+        ),
+        ifname: datapath_common::addr::fixed_bytes(ifname.as_bytes()),
+        namespace: datapath_common::addr::fixed_bytes(namespace.as_bytes()),
+        name: datapath_common::addr::fixed_bytes(name.as_bytes()),
     }
 }
 
@@ -311,8 +301,8 @@ pub struct PodNamespaces {
 impl PodNamespaces {
     pub fn open(bpffs: &Path) -> Result<Self, PinError> {
         Ok(Self {
-            map: open_hash(bpffs, crate::sock::PODNS_MAP_NAME)?,
-            path: map_path(bpffs, crate::sock::PODNS_MAP_NAME),
+            map: open_hash(bpffs, datapath_common::sock::PODNS_MAP_NAME)?,
+            path: map_path(bpffs, datapath_common::sock::PODNS_MAP_NAME),
         })
     }
 
@@ -341,18 +331,16 @@ impl PodNamespaces {
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux ≥ 5.14).
 pub fn current_netns_cookie() -> std::io::Result<u64> {
     use std::os::fd::AsRawFd as _;
-    const SO_NETNS_COOKIE: i32 = 71;
-    const SOL_SOCKET: i32 = 1;
     let sock =
         std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
     let mut cookie: u64 = 0;
-    let mut len = core::mem::size_of::<u64>() as u32;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` lives across the call and getsockopt writes at most `len` bytes to it.
     let rc = unsafe {
-        getsockopt(
+        libc::getsockopt(
             sock.as_raw_fd(),
-            SOL_SOCKET,
-            SO_NETNS_COOKIE,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
             (&mut cookie as *mut u64).cast(),
             &mut len,
         )
@@ -361,16 +349,6 @@ pub fn current_netns_cookie() -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
-}
-
-unsafe extern "C" {
-    fn getsockopt(
-        fd: i32,
-        level: i32,
-        name: i32,
-        val: *mut core::ffi::c_void,
-        len: *mut u32,
-    ) -> i32;
 }
 
 /// Sums the per-CPU counters: `(reason name, packets, bytes)` for every non-zero counter.
@@ -397,24 +375,14 @@ pub fn read_metrics(bpffs: &Path) -> Result<Vec<(&'static str, u64, u64)>, PinEr
 }
 
 /// An error attaching a pinned TC program to an interface.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("attach program {prog} to {ifname}")]
 pub struct AttachError {
     pub prog: String,
     pub ifname: String,
     /// Boxed: aya's error is large and this travels up through `Result`s.
-    pub source: std::boxed::Box<aya::programs::ProgramError>,
-}
-
-impl core::fmt::Display for AttachError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "attach program {} to {}", self.prog, self.ifname)
-    }
-}
-
-impl std::error::Error for AttachError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
-    }
+    #[source]
+    pub source: Box<aya::programs::ProgramError>,
 }
 
 /// Attaches the pinned program `prog` to `ifname` (TC ingress or egress) as Sluice's cls_bpf
@@ -434,13 +402,13 @@ pub fn attach_pinned_tc(
     let err = |source: aya::programs::ProgramError| AttachError {
         prog: prog.into(),
         ifname: ifname.into(),
-        source: std::boxed::Box::new(source),
+        source: Box::new(source),
     };
     let mut p = SchedClassifier::from_pin(prog_path(bpffs, prog)).map_err(err)?;
     if let Err(e) = aya::programs::tc::qdisc_add_clsact(ifname) {
         // EEXIST: the clsact qdisc is already there, which is what we want.
         let exists = matches!(&e, aya::programs::tc::TcError::NetlinkError(n)
-            if n.raw_os_error() == Some(17));
+            if n.raw_os_error() == Some(libc::EEXIST));
         if !exists {
             return Err(err(e.into()));
         }
@@ -469,23 +437,24 @@ pub fn attach_pinned_tc(
     };
     // Dropping the link would detach it: the attachment must outlive this process.
     let link = p.take_link(id).map_err(err)?;
-    core::mem::forget(link);
+    std::mem::forget(link);
     Ok(())
 }
 
 /// The endpoint isolation flags (`endpoint::FLAG_ISOLATED_*`) the agent published for pod
 /// `namespace/name` in `SL_PODISO_V1`; 0 when it published none (or the map is missing).
 pub fn pod_isolation_flags(bpffs: &Path, namespace: &str, name: &str) -> u32 {
-    let Ok(map) = open_hash::<u64, u32>(bpffs, crate::policy::POD_ISOLATION_MAP_NAME) else {
+    let Ok(map) = open_hash::<u64, u32>(bpffs, datapath_common::policy::POD_ISOLATION_MAP_NAME)
+    else {
         return 0;
     };
-    let key = crate::policy::pod_key(namespace.as_bytes(), name.as_bytes());
+    let key = datapath_common::policy::pod_key(namespace.as_bytes(), name.as_bytes());
     let iso = map.get(&key, 0).unwrap_or(0);
     let mut flags = 0;
-    if iso & crate::policy::ISO_INGRESS != 0 {
+    if iso & datapath_common::policy::ISO_INGRESS != 0 {
         flags |= endpoint::FLAG_ISOLATED_INGRESS;
     }
-    if iso & crate::policy::ISO_EGRESS != 0 {
+    if iso & datapath_common::policy::ISO_EGRESS != 0 {
         flags |= endpoint::FLAG_ISOLATED_EGRESS;
     }
     flags
@@ -494,7 +463,6 @@ pub fn pod_isolation_flags(bpffs: &Path, namespace: &str, name: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::string::ToString;
 
     fn record(container_id: &str) -> EndpointRecord {
         let meta = endpoint_meta(container_id, "eth0", "default", "web", 7);
@@ -527,7 +495,7 @@ mod tests {
             assert!(r.is_for(&id, "eth0"), "len {len}");
             assert!(!r.is_for(&id, "eth1"), "len {len}");
             assert_eq!(r.host_veth_name(), host_veth_name(&id, "eth0"), "len {len}");
-            let other = std::format!("{id}x");
+            let other = format!("{id}x");
             assert!(!r.is_for(&other, "eth0"), "len {len}");
             if len <= 120 {
                 assert_eq!(r.container_id, id);
@@ -536,8 +504,8 @@ mod tests {
                 assert!(!r.is_for(&id[..120], "eth0"), "len {len}");
             }
         }
-        let a = std::format!("{}{}", "b".repeat(120), "1");
-        let b = std::format!("{}{}", "b".repeat(120), "2");
+        let a = format!("{}{}", "b".repeat(120), "1");
+        let b = format!("{}{}", "b".repeat(120), "2");
         assert!(record(&a).is_for(&a, "eth0") && !record(&a).is_for(&b, "eth0"));
         assert_ne!(record(&a).host_veth_name(), record(&b).host_veth_name());
         assert_eq!(meta_container_id("abc"), "abc".to_string());

@@ -1,4 +1,4 @@
-//! hostPort records (feature `user`): the `portMappings` a runtime gave the CNI plugin at ADD,
+//! hostPort records: the `portMappings` a runtime gave the CNI plugin at ADD,
 //! kept in `<stateDir>/hostports/<containerId>@<ifname>` until DEL, for the agent to program
 //! as frontends. The one place the plugin writes and the agent reads them, so both agree on
 //! the path and the format: `key=value` lines, one `map=` line per mapping
@@ -9,12 +9,9 @@
 //! record.
 
 use std::{
-    format,
     io::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
-    string::{String, ToString},
-    vec::Vec,
 };
 
 /// The directory under the state dir.
@@ -52,10 +49,10 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 
 /// The record file of one attachment. A container id has no length limit in the CNI spec and a
 /// file name has 255 bytes, so the name holds the id in the endpoint records' form (verbatim up
-/// to 120 bytes, else a prefix and its hash: `crate::user::meta_container_id`); the record
+/// to 120 bytes, else a prefix and its hash: `crate::meta_container_id`); the record
 /// inside keeps the whole id.
 pub fn path(state_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
-    let id = crate::user::meta_container_id(container_id);
+    let id = crate::meta_container_id(container_id);
     dir(state_dir).join(format!("{id}@{ifname}"))
 }
 
@@ -155,7 +152,7 @@ pub fn write(state_dir: &Path, rec: &Record) -> std::io::Result<()> {
     let tmp = d.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
-        crate::user::meta_container_id(&rec.container_id)
+        crate::meta_container_id(&rec.container_id)
     ));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;

@@ -1,5 +1,5 @@
 //! Programs the service maps (`SL_SVC_V1`, `SL_BE_V1`, `SL_MAGLEV_V1`) from the frontends
-//! [`crate::services`] computes, writing only what changed.
+//! [`crate::services`] compiles, writing only what changed.
 //!
 //! Each frontend keeps a stable id for its life (its counters, affinity entries and Maglev table
 //! hang off it); ids and backend slots are recovered from the pinned maps when the agent
@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHash, Map, MapData, PerCpuArray, PerCpuValues};
-use datapath_common::{metrics, svc, user};
+use datapath_common::{metrics, svc};
 
 use crate::maglev;
 use crate::services::{Frontend, Proto, Scope};
@@ -48,8 +48,7 @@ pub struct ServiceMaps {
 }
 
 fn open_map(bpffs: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = user::map_path(bpffs, name);
-    MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))
+    Ok(crate::pins::open(bpffs, name)?)
 }
 
 /// The datapath's protocol number, or `None` for what it does not balance (SCTP).
@@ -287,7 +286,8 @@ impl ServiceMaps {
                 .insert(id, arr, 0)
                 .with_context(|| format!("write the Maglev table of service id {id}"))?;
         } else if old.is_some_and(|p| p.value.flags & svc::FLAG_MAGLEV != 0) {
-            user::absent_is_ok(self.maglev.remove(&id)).context("remove a Maglev table")?;
+            datapath_user::absent_is_ok(self.maglev.remove(&id))
+                .context("remove a Maglev table")?;
         }
         self.frontends
             .insert(k, next.value, 0)
@@ -297,7 +297,8 @@ impl ServiceMaps {
                 id,
                 slot: slot as u32,
             };
-            user::absent_is_ok(self.backends.remove(&key)).context("remove a backend slot")?;
+            datapath_user::absent_is_ok(self.backends.remove(&key))
+                .context("remove a backend slot")?;
         }
         Ok(())
     }
@@ -307,15 +308,17 @@ impl ServiceMaps {
             return Ok(());
         };
         // The frontend first: from then on no program reads its slots.
-        user::absent_is_ok(self.frontends.remove(k)).context("remove a frontend")?;
+        datapath_user::absent_is_ok(self.frontends.remove(k)).context("remove a frontend")?;
         for slot in 1..=p.slots.len() as u32 {
             let key = svc::BackendKey {
                 id: p.value.id,
                 slot,
             };
-            user::absent_is_ok(self.backends.remove(&key)).context("remove a backend slot")?;
+            datapath_user::absent_is_ok(self.backends.remove(&key))
+                .context("remove a backend slot")?;
         }
-        user::absent_is_ok(self.maglev.remove(&p.value.id)).context("remove a Maglev table")?;
+        datapath_user::absent_is_ok(self.maglev.remove(&p.value.id))
+            .context("remove a Maglev table")?;
         self.used_ids.remove(&p.value.id);
         Ok(())
     }
