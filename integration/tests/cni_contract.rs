@@ -7,6 +7,7 @@
 use std::net::Ipv4Addr;
 
 use datapath_user::{EndpointRecord, Endpoints};
+use serde_json::{json, Value};
 use test_support::{
     node::{NODE_IP, OUTSIDE_IP},
     unique, CniCall, CniOutput, Netns, Node, NodeOptions, Pod,

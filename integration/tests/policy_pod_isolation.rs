@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHash, Map, MapData};
-use datapath_common::{policy, user};
+use datapath_common::policy;
+use datapath_user as user;
 use test_support::{Node, NodeOptions};
 
 const BOUND: Duration = Duration::from_secs(8);
