@@ -413,13 +413,7 @@ fn attach_sock_lb(ebpf: &mut aya::Ebpf, bpffs: &Path, cgroup: Option<&Path>) -> 
             .take_link(id)?
             .try_into()
             .with_context(|| format!("{name} link is not an fd link"))?;
-        let final_pin = links.join(pin);
-        let tmp = links.join(format!("{pin}_new"));
-        let _ = std::fs::remove_file(&tmp);
-        link.pin(&tmp)
-            .with_context(|| format!("pin {}", tmp.display()))?;
-        std::fs::rename(&tmp, &final_pin)
-            .with_context(|| format!("move {} to {}", tmp.display(), final_pin.display()))?;
+        pin_link(link, &links, pin)?;
     }
     // The end of each socket's reverse translation entry (see `svc::SOCK_REV_MAP_NAME`).
     let (name, pin) = pins::SOCK_RELEASE_PROGRAM;
@@ -437,6 +431,12 @@ fn attach_sock_lb(ebpf: &mut aya::Ebpf, bpffs: &Path, cgroup: Option<&Path>) -> 
         .take_link(id)?
         .try_into()
         .with_context(|| format!("{name} link is not an fd link"))?;
+    pin_link(link, &links, pin)
+}
+
+/// Pins a cgroup link as `<links>/<pin>`, replacing an earlier agent's pin in one rename, so
+/// the hook is never left without a pinned link.
+fn pin_link(link: aya::programs::links::FdLink, links: &Path, pin: &str) -> anyhow::Result<()> {
     let final_pin = links.join(pin);
     let tmp = links.join(format!("{pin}_new"));
     let _ = std::fs::remove_file(&tmp);
