@@ -14,6 +14,7 @@ pub mod manifests;
 pub mod masq;
 pub mod model;
 pub mod node;
+pub mod nodes;
 pub mod pins;
 pub mod policy;
 pub mod services;
