@@ -54,6 +54,12 @@ pub struct Settings {
     /// Idle timeouts of flow state, and how often the collector runs.
     pub flow_timeouts: datapath_common::flow::Timeouts,
     pub flow_gc_interval: Duration,
+    /// `--routing`: how pod traffic reaches other nodes' pods.
+    pub routing: crate::nodes::RoutingMode,
+    /// `--tunnel-port`: the VXLAN UDP port in tunnel mode.
+    pub tunnel_port: u16,
+    /// `--service-cidr`: the Service ClusterIP ranges (no Node's pod CIDR may overlap them).
+    pub service_cidrs: Vec<IpNetwork>,
     /// Testing only: entries of the policy rule map to use at most (`None`: all).
     pub policy_rule_capacity: Option<usize>,
 }

@@ -9,6 +9,20 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::model::ClusterState;
 
+/// How pod traffic reaches the pod CIDRs of other nodes (`--routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoutingMode {
+    /// VXLAN to the peer's InternalIP (UDP `--tunnel-port`): works on any underlay that
+    /// carries UDP between nodes.
+    Tunnel,
+    /// No encapsulation: each peer's pod CIDRs are routed via its InternalIP (nodes on one L2
+    /// segment, or an underlay that routes pod CIDRs).
+    Native,
+}
+
+/// The VXLAN UDP port by default (the Linux kernel's and flannel's, not IANA's 4789).
+pub const DEFAULT_TUNNEL_PORT: u16 = 8472;
+
 /// Another node of the cluster that this node routes pod traffic to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Peer {

@@ -97,6 +97,19 @@ struct Args {
     /// How often expired flows are collected, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_seconds)]
     flow_gc_interval: f64,
+    /// How pod traffic reaches pods of other nodes: `tunnel` (VXLAN to the Node's InternalIP,
+    /// UDP --tunnel-port; any underlay that carries UDP between nodes; pod MTU lowered by the
+    /// 50-byte overhead) or `native` (no encapsulation: each Node's pod CIDRs are routed via
+    /// its InternalIP; nodes on one L2 segment, or an underlay that routes pod CIDRs).
+    #[arg(long, value_enum, default_value = "tunnel")]
+    routing: daemon::nodes::RoutingMode,
+    /// UDP port of the VXLAN tunnel between nodes (every node must use the same).
+    #[arg(long, value_name = "PORT", default_value_t = daemon::nodes::DEFAULT_TUNNEL_PORT)]
+    tunnel_port: u16,
+    /// The cluster's Service ClusterIP ranges (kube-apiserver --service-cluster-ip-range;
+    /// comma-separated). A Node whose pod CIDR overlaps one is not routed. Default: none known.
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',')]
+    service_cidr: Vec<IpNetwork>,
     /// Pod interface MTU. Default: the uplink's MTU.
     #[arg(long)]
     mtu: Option<u32>,
@@ -211,6 +224,9 @@ fn main() -> anyhow::Result<()> {
         flow_timeouts: args.flow_timeouts,
         flow_gc_interval: std::time::Duration::from_secs_f64(args.flow_gc_interval),
         policy_rule_capacity: args.policy_rule_capacity,
+        routing: args.routing,
+        tunnel_port: args.tunnel_port,
+        service_cidrs: args.service_cidr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
