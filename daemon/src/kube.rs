@@ -49,6 +49,10 @@ pub mod trim;
 /// How long [`watch`] waits by default for every kind's initial list.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A list of at least this many objects is followed by giving freed memory back to the
+/// system (the decoded list is garbage once its objects are trimmed and stored).
+const TRIM_AFTER_LISTED: usize = 1_000;
+
 /// How long changes are gathered before a new state is published.
 pub const COALESCE: Duration = Duration::from_millis(50);
 
@@ -316,6 +320,10 @@ impl Follower {
                 sync.last_error = None;
                 let removed = replace_kind(Arc::make_mut(&mut self.state), kind, listed);
                 info!(%kind, objects, removed, "listed");
+                if objects >= TRIM_AFTER_LISTED {
+                    // The served objects were decoded whole before they were trimmed.
+                    crate::manifests::trim_memory("a large list from the kubernetes api");
+                }
                 true
             }
             Ok(Event::Apply(obj)) => {

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use dir::{ManifestDir, Rescan};
 pub use parse::{parse_bytes, parse_file};
+pub(crate) use watch::trim as trim_memory;
 pub use watch::{watch, Watch};
 
 use crate::model::{Kind, ModelError};

@@ -328,12 +328,36 @@ async fn connection(mut sock: TcpStream, shared: Shared) {
                 request.status = code;
                 Err((code, status))
             }
-            None => Ok(json!({
-                "kind": res.list_kind(),
-                "apiVersion": res.api_version(),
-                "metadata": {"resourceVersion": served.resource_version},
-                "items": served.items.iter().filter(|o| selects(&request, o)).collect::<Vec<_>>(),
-            })),
+            None => {
+                let items: Vec<&Value> = served
+                    .items
+                    .iter()
+                    .filter(|o| selects(&request, o))
+                    .collect();
+                // Pages as the API server cuts them (`limit`, `continue`; kube's watcher asks
+                // for 500): the token here is the offset of the next page.
+                let from: usize = request
+                    .param("continue")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let limit: usize = request
+                    .param("limit")
+                    .and_then(|l| l.parse().ok())
+                    .filter(|&l| l > 0)
+                    .unwrap_or(usize::MAX);
+                let page: Vec<&Value> = items.iter().skip(from).take(limit).copied().collect();
+                let next = from.saturating_add(limit);
+                let mut metadata = json!({"resourceVersion": served.resource_version});
+                if next < items.len() {
+                    metadata["continue"] = json!(next.to_string());
+                }
+                Ok(json!({
+                    "kind": res.list_kind(),
+                    "apiVersion": res.api_version(),
+                    "metadata": metadata,
+                    "items": page,
+                }))
+            }
         };
         served.requests.push(request.clone());
         (answer, Arc::clone(&served.events))

@@ -122,7 +122,7 @@ async fn run(
             () = sleep_until(trim_at) => {
                 trim_at = None;
                 moved = 0;
-                if blocking(trim).await.is_none() {
+                if blocking(|| trim("many manifest objects added or removed")).await.is_none() {
                     return;
                 }
                 continue;
@@ -185,8 +185,9 @@ async fn sleep_until(at: Option<Instant>) {
 /// Gives the memory glibc's allocator holds free back to the system, in every arena: after
 /// the objects of 10,000 removed files are freed it would otherwise keep most of it (freed
 /// chunks below the top of a heap are not returned by `free`, and each thread of the
-/// blocking pool that parsed files has an arena of its own).
-fn trim() {
+/// blocking pool that parsed files has an arena of its own). The API watcher calls it too,
+/// after a large list (`why` says which).
+pub(crate) fn trim(why: &str) {
     #[cfg(target_env = "gnu")]
     {
         let before = rss_mib();
@@ -195,7 +196,7 @@ fn trim() {
         info!(
             rss_mib_before = before,
             rss_mib_after = rss_mib(),
-            "many manifest objects added or removed: gave freed memory back to the system"
+            "{why}: gave freed memory back to the system"
         );
     }
 }
