@@ -700,6 +700,11 @@ impl Cluster {
         }
     }
 
+    /// Deletes a pod's object without CNI DEL (a pod of a removed node, as the pod GC does).
+    pub fn forget_pod(&self, pod: &ClusterPod) {
+        self.remove_manifest(&Self::pod_file(&pod.namespace, &pod.name));
+    }
+
     /// DELs a pod on its node (asserting success) and deletes its object.
     pub fn del_pod(&self, pod: &ClusterPod) {
         let mut call = CniCall::attachment("DEL", "1.0.0", &pod.cid, &pod.ns.path(), &pod.name);
