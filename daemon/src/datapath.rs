@@ -16,7 +16,9 @@ use aya::{
     programs::SchedClassifier,
     EbpfLoader,
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, policy, sock, svc};
+use datapath_common::{
+    addr::IpKey, config, endpoint, metrics, nat, peers, pins, policy, sock, svc,
+};
 
 /// The datapath object, built by build.rs through aya-build.
 pub static OBJECT: &[u8] =
@@ -140,6 +142,12 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
         size_of::<u32>(),
         size_of::<u32>(),
         1,
+    ),
+    (
+        peers::MAP_NAME,
+        size_of::<u32>() + size_of::<peers::Key>(),
+        size_of::<peers::Value>(),
+        peers::MAX_ENTRIES,
     ),
     (
         policy::POD_ISOLATION_MAP_NAME,
@@ -302,7 +310,7 @@ fn remove_retired_maps(maps_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the node configuration into the pinned `SL_CFG_V1` of `bpffs` (at load, and when
+/// Writes the node configuration into the pinned `SL_CFG_V2` of `bpffs` (at load, and when
 /// the agent turns a datapath feature on or off).
 pub fn write_config(bpffs: &Path, cfg: &config::NodeConfig) -> anyhow::Result<()> {
     let md = crate::pins::open(bpffs, config::MAP_NAME)?;
