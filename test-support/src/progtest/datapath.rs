@@ -213,6 +213,15 @@ impl Datapath {
         m.insert(ip_key(ip), v, 0).expect("insert endpoint");
     }
 
+    /// Sets the `endpoint::FLAG_*` of the local endpoint `ip` (e.g. its policy isolation).
+    pub fn set_endpoint_flags(&mut self, ip: [u8; 4], flags: u32) {
+        let mut m: HashMap<_, IpKey, endpoint::Value> =
+            HashMap::try_from(self.ebpf.map_mut(endpoint::MAP_NAME).unwrap()).unwrap();
+        let mut v = m.get(&ip_key(ip), 0).expect("endpoint to flag");
+        v.flags = flags;
+        m.insert(ip_key(ip), v, 0).expect("update endpoint");
+    }
+
     /// Routes the IPv4 pod CIDR `cidr`/`prefix` of another node to that node's address `node`.
     pub fn add_peer(&mut self, cidr: [u8; 4], prefix: u8, node: [u8; 4]) {
         let mut m: aya::maps::LpmTrie<_, IpKey, peers::Value> =
