@@ -261,6 +261,13 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the tunnel device's programs (replacing earlier ones in place).
+    pub fn attach_tunnel(&self, device: &str) -> anyhow::Result<()> {
+        datapath_user::attach_pinned_tc(&self.bpffs, pins::PROG_TUNNEL_INGRESS, device, true)?;
+        datapath_user::attach_pinned_tc(&self.bpffs, pins::PROG_TUNNEL_EGRESS, device, false)?;
+        Ok(())
+    }
+
     /// Re-attaches the current `sl_from_pod` to every endpoint's host veth, so pods created by
     /// an older agent run the programs of this one. Returns (re-attached, missing veths). An
     /// ifindex can be reused by another interface after a pod is gone, so the interface must
