@@ -18,13 +18,14 @@ use test_support::cluster::{
     in_pod_cidr, node_ip, poll_until, Capture, Cluster, ClusterOptions, ClusterPod, Routing,
     OUTSIDE_IP, WORLD_IP,
 };
-use traffic::{eventually, serve_tcp, serve_udp, tcp, tcp_with, udp, Via};
+use traffic::{eventually, pod_cmd, serve_tcp, serve_udp, tcp, tcp_with, tcp_within, udp, Via};
 
 /// The longest the tests wait for the cluster to converge (the issue asks for 2 s).
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// How long a connection that must fail is given (a refused or dropped one).
-const DENIED_TRIES: usize = 2;
+/// How long a connection that must fail (refused, or dropped by policy) is given: long
+/// enough for a SYN to be resent once, so a lost packet is not taken for a refusal.
+const DENIED_WAIT: Duration = Duration::from_millis(1500);
 
 /// Generates, for each generic test `name(routing)`, `tunnel::name` and `native::name`.
 macro_rules! both_modes {
@@ -96,10 +97,17 @@ fn wait_ping(c: &Cluster, from: &ClusterPod, to: Ipv4Addr) {
     }
 }
 
-/// Whether TCP from `pod` to `host:port` fails every one of a few tries.
-fn tcp_denied(pod: &ClusterPod, from: Via, host: impl ToString, port: u16) -> bool {
-    let host = host.to_string();
-    (0..DENIED_TRIES).all(|_| tcp(pod, from, &host, port).is_err())
+/// Whether TCP from `pod` to `host:port` fails (within [`DENIED_WAIT`]).
+fn tcp_denied(pod: &ClusterPod, via: Via, host: impl ToString, port: u16) -> bool {
+    tcp_within(
+        pod_cmd(pod, via),
+        &host.to_string(),
+        port,
+        1000,
+        0,
+        DENIED_WAIT,
+    )
+    .is_err()
 }
 
 fn pod_to_pod_across_nodes(routing: Routing) {
@@ -286,13 +294,18 @@ fn nodeport_from_outside_remote_backend(routing: Routing) {
         ("web", OUTSIDE_IP),
         "eTP Local: {t:?}"
     );
-    for _ in 0..DENIED_TRIES {
-        let r = tcp_with(outside(), &node_ip(1).to_string(), 30081, 1000, 0);
-        assert!(
-            r.is_err(),
-            "eTP Local served by node1, which has no endpoint: {r:?}"
-        );
-    }
+    let r = tcp_within(
+        outside(),
+        &node_ip(1).to_string(),
+        30081,
+        1000,
+        0,
+        DENIED_WAIT,
+    );
+    assert!(
+        r.is_err(),
+        "eTP Local served by node1, which has no endpoint: {r:?}"
+    );
 }
 
 fn network_policy_across_nodes(routing: Routing) {
@@ -334,8 +347,8 @@ fn network_policy_across_nodes(routing: Routing) {
     );
     // Ingress on node1 against a pod of node3, egress on node2 against a pod of node3.
     let took = poll_until(CONVERGE, || {
-        tcp(&intruder, Via::Socket, db.ip, 8080).is_err()
-            && tcp(&client, Via::Socket, intruder.ip, 8080).is_err()
+        tcp_denied(&intruder, Via::Socket, db.ip, 8080)
+            && tcp_denied(&client, Via::Socket, intruder.ip, 8080)
     });
     assert!(
         took.is_some(),
@@ -379,11 +392,16 @@ fn node_added_later_reachable(routing: Routing) {
     assert_eq!(n, 3);
     let late = c.add_pod(n, "late", &[]);
     assert!(in_pod_cidr(late.ip, 3), "{}", late.ip);
-    // Measured from the pod's existence: the Node object was written before its agent started.
+    let published = c.node(n).published;
     for p in [&a, &b] {
         wait_ping(&c, p, late.ip);
         wait_ping(&c, &late, p.ip);
     }
+    // Reported, not asserted (the issue asks for 2 s): this includes the new agent's start.
+    println!(
+        "node3 reachable both ways {:?} after its Node object was written",
+        published.elapsed()
+    );
 }
 
 fn node_removed_leaves_no_route(routing: Routing) {
