@@ -3,8 +3,8 @@
 //! after an agent restart and changed only where they differ:
 //!
 //! * the tunnel device ([`TUNNEL_DEVICE`], tunnel mode): a collect-metadata (`external`)
-//!   VXLAN device on `--tunnel-port`, no learning, `NOARP`, with the cluster-wide
-//!   [`peers::TUNNEL_MAC`] and the uplink's MTU less [`peers::TUNNEL_OVERHEAD`]. The datapath
+//!   VXLAN device on `--tunnel-port`, no learning, `NOARP`, with the MAC derived from the
+//!   node's address ([`peers::tunnel_mac`]) and the uplink's MTU less [`peers::TUNNEL_OVERHEAD`]. The datapath
 //!   sets each packet's tunnel key (remote node, VNI); the kernel does UDP/IP, checksums and
 //!   GSO. Removed when the agent runs in native mode, and by `--uninstall`;
 //! * the peers map (`SL_PEERS_V1`): each peer pod CIDR and its node's address;
@@ -80,13 +80,17 @@ impl Routing {
         tunnel_port: u16,
         uplink_ifindex: u32,
         uplink_mtu: u32,
+        node_ip: Ipv4Addr,
         bpffs: &Path,
     ) -> anyhow::Result<Self> {
         let handle = connect().await?;
         let (tunnel_ifindex, tunnel_mtu) = match mode {
             RoutingMode::Tunnel => {
                 let mtu = uplink_mtu.saturating_sub(peers::TUNNEL_OVERHEAD);
-                (ensure_tunnel(&handle, tunnel_port, mtu).await?, mtu)
+                (
+                    ensure_tunnel(&handle, tunnel_port, mtu, node_ip).await?,
+                    mtu,
+                )
             }
             RoutingMode::Native => {
                 remove_tunnel(&handle).await?;
@@ -344,13 +348,14 @@ fn is_our_tunnel(m: &LinkMessage, port: u16) -> bool {
 
 /// Creates the tunnel device, or adopts the one an earlier agent made (same port); returns
 /// its ifindex. A device of that name that is not ours to adopt is replaced.
-async fn ensure_tunnel(h: &Handle, port: u16, mtu: u32) -> anyhow::Result<u32> {
+async fn ensure_tunnel(h: &Handle, port: u16, mtu: u32, node_ip: Ipv4Addr) -> anyhow::Result<u32> {
+    let mac = peers::tunnel_mac(node_ip.octets()).to_vec();
     if let Some(m) = link(h, TUNNEL_DEVICE).await? {
         if is_our_tunnel(&m, port) {
             let idx = m.header.index;
             let msg = LinkUnspec::new_with_index(idx)
                 .mtu(mtu)
-                .address(peers::TUNNEL_MAC.to_vec())
+                .address(mac.clone())
                 .arp(false)
                 .up()
                 .build();
@@ -378,7 +383,7 @@ async fn ensure_tunnel(h: &Handle, port: u16, mtu: u32) -> anyhow::Result<u32> {
         .learning(false)
         .collect_metadata(true)
         .mtu(mtu)
-        .address(peers::TUNNEL_MAC.to_vec())
+        .address(mac.clone())
         .arp(false)
         .up()
         .build();

@@ -1,0 +1,86 @@
+//! The cross-node datapath end to end, one smoke test per routing mode on two simulated nodes
+//! (test_support::cluster): a pod of node 1 pings and reaches by TCP a pod of node 2, the
+//! server seeing the client pod's own address, and `sluicectl status` names the peer routed.
+//! The full list of issue 18's cluster tests is in `cluster.rs`.
+
+use std::time::Duration;
+
+use test_support::cluster::{poll_until, Cluster, ClusterOptions, Routing};
+
+/// A guard against hanging while the cluster converges (not a timed assertion).
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn smoke(routing: Routing) {
+    let c = Cluster::new(ClusterOptions {
+        routing,
+        nodes: 2,
+        ..ClusterOptions::default()
+    });
+    let a = c.add_pod(1, "a", &[]);
+    let b = c.add_pod(2, "b", &[]);
+    let diag = || {
+        let n1 = c.node(1);
+        format!(
+            "node1 routes:\n{}\nlinks:\n{}\nstatus:\n{}\nnode2 status:\n{}\n{}",
+            n1.routes().join("\n"),
+            n1.ns.sh("ip -d link show"),
+            String::from_utf8_lossy(&n1.sluicectl(&["status"]).stdout),
+            String::from_utf8_lossy(&c.node(2).sluicectl(&["status"]).stdout),
+            c.agent_logs()
+        )
+    };
+    if poll_until(CONVERGE, || a.ping(b.ip)).is_none() {
+        let mut cap = test_support::cluster::Capture::start(&c.underlay, "br0", "");
+        let mut cap2 = test_support::cluster::Capture::start(&c.node(2).ns, "sluice_vxlan", "");
+        a.ping(b.ip);
+        panic!(
+            "a cannot ping b at {}\nunderlay: {:?}\nnode2 vxlan: {:?}\n{}",
+            b.ip,
+            cap.packets(""),
+            cap2.packets(""),
+            diag()
+        );
+    }
+    assert!(b.ping(a.ip), "b → a\n{}", diag());
+    // The server answers with the address the client connected from.
+    let server = b.ns.spawn(|| {
+        let l = std::net::TcpListener::bind("0.0.0.0:7000").expect("listen");
+        let (mut s, peer) = l.accept().expect("accept");
+        std::io::Write::write_all(&mut s, peer.ip().to_string().as_bytes()).expect("answer");
+    });
+    let to = std::net::SocketAddr::from((b.ip, 7000));
+    let seen = a.ns.run(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+        Some(out)
+    });
+    assert_eq!(
+        seen,
+        Some(a.ip.to_string()),
+        "TCP a → b: the server sees the client pod\n{}",
+        diag()
+    );
+    server.join().expect("server");
+    let status = String::from_utf8_lossy(&c.node(1).sluicectl(&["status", "-o", "json"]).stdout)
+        .into_owned();
+    let v: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    let peers = &v["routing"]["peers"];
+    assert_eq!(peers[0]["node"], "node2", "{status}");
+    assert_eq!(peers[0]["podCidrs"][0], "10.244.2.0/24", "{status}");
+}
+
+/// Test that in tunnel mode a pod reaches another node's pod by ICMP and TCP, keeping its
+/// address, and that status lists the peer.
+#[test]
+fn xnode_smoke_tunnel() {
+    smoke(Routing::Tunnel);
+}
+
+/// Test that in native mode a pod reaches another node's pod by ICMP and TCP, keeping its
+/// address, and that status lists the peer.
+#[test]
+fn xnode_smoke_native() {
+    smoke(Routing::Native);
+}
