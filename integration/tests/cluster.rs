@@ -180,6 +180,23 @@ fn multi_mib_transfer_intact(routing: Routing) {
     let _ta = serve_tcp(&a.ns, 8080, "a");
     let _tb = serve_tcp(&b.ns, 8080, "b");
     wait_ping(&c, &a, b.ip);
+    // The underlay's MTU is 1500; VXLAN over IPv4 adds 50 bytes (RFC 7348: outer IPv4 20,
+    // UDP 8, VXLAN 8, inner Ethernet 14), so a tunnelled pod's MTU is at most 1450.
+    let max_mtu = match routing {
+        Routing::Tunnel => 1450,
+        Routing::Native => 1500,
+    };
+    for p in [&a, &b] {
+        // `ip link`, not /sys: nsenter --net keeps the test's sysfs, another namespace's.
+        let link = p.sh("ip -o link show eth0");
+        let mtu: u32 = link
+            .split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no mtu in {link}"));
+        assert!(mtu <= max_mtu, "{}'s MTU {mtu} > {max_mtu}", p.name);
+    }
     for (from, to) in [(&a, &b), (&b, &a)] {
         let t = tcp_with(from.command("python3"), &to.ip.to_string(), 8080, LEN, 0)
             .unwrap_or_else(|e| panic!("{} → {}: {e}\n{}", from.name, to.name, c.agent_logs()));
@@ -404,6 +421,23 @@ fn node_added_later_reachable(routing: Routing) {
     );
 }
 
+/// The peers node `n` says it routes (`sluicectl status -o json`, `routing.peers[].node`).
+fn routed_peers(c: &Cluster, n: usize) -> Vec<String> {
+    let out = c.node(n).sluicectl(&["status", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "sluicectl status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
+    v["routing"]["peers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no routing.peers in {v:#}"))
+        .iter()
+        .map(|p| p["node"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 fn node_removed_leaves_no_route(routing: Routing) {
     let mut c = cluster(routing, 3);
     let a = c.add_pod(1, "a", &[]);
@@ -411,6 +445,17 @@ fn node_removed_leaves_no_route(routing: Routing) {
     let gone = c.add_pod(3, "gone", &[]);
     wait_ping(&c, &a, gone.ip);
     wait_ping(&c, &b, gone.ip);
+    for n in [1, 2] {
+        assert!(
+            routed_peers(&c, n).contains(&"node3".to_string()),
+            "node{n} does not list node3 as routed"
+        );
+        assert!(
+            !c.node(n).routes_mentioning("10.244.3.0/24").is_empty(),
+            "node{n} has no route to node3's pod CIDR: {:#?}",
+            c.node(n).routes()
+        );
+    }
     if routing == Routing::Native {
         // The issue: each peer's pod CIDRs are routed via its InternalIP.
         for n in [1, 2] {
@@ -442,6 +487,13 @@ fn node_removed_leaves_no_route(routing: Routing) {
         c.agent_logs()
     );
     println!("node3's routes gone after {took:?}");
+    for n in [1, 2] {
+        let peers = routed_peers(&c, n);
+        assert!(
+            !peers.contains(&"node3".to_string()),
+            "node{n} still routes node3: {peers:?}"
+        );
+    }
     wait_ping(&c, &a, b.ip);
     wait_ping(&c, &b, a.ip);
 }
