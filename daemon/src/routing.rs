@@ -7,7 +7,8 @@
 //!   node's address ([`peers::tunnel_mac`]) and the uplink's MTU less [`peers::TUNNEL_OVERHEAD`]. The datapath
 //!   sets each packet's tunnel key (remote node, VNI); the kernel does UDP/IP, checksums and
 //!   GSO. Removed when the agent runs in native mode, and by `--uninstall`;
-//! * the peers map (`SL_PEERS_V1`): each peer pod CIDR and its node's address;
+//! * the peers map (`SL_PEERS_V1`): each peer pod CIDR and each peer's own address (/32),
+//!   to the node's address;
 //! * one route per peer pod CIDR, with protocol [`RTPROT_SLUICE`] so the agent recognises its
 //!   own: `dev sluice_vxlan` (tunnel: the stack's packets, and the MTU the stack answers
 //!   "fragmentation needed" from) or `via InternalIP dev <uplink>` (native). Routes of other
@@ -145,13 +146,22 @@ impl Routing {
             .iter()
             .flat_map(|peer| peer.pod_cidrs.iter().map(|c| (*c, peer.address)))
             .collect();
+        // The map also holds each peer's own address (/32, to itself): a pod's packet to
+        // another node (e.g. a NodePort backend's reply to the node that translated the
+        // client to itself) keeps the pod's address and takes the same path as pod traffic.
+        let mut want_map = want.clone();
+        for peer in &p.peers {
+            want_map
+                .entry(Ipv4Network::from(peer.address))
+                .or_insert(peer.address);
+        }
 
         // Routes first for a new peer (its packets need the map only once it routes), map
         // first for a removed one: either order leaves no packet without both.
         let stale: Vec<Ipv4Network> = self
             .written
             .iter()
-            .filter(|(c, a)| want.get(c) != Some(a))
+            .filter(|(c, a)| want_map.get(c) != Some(a))
             .map(|(c, _)| *c)
             .collect();
         for c in stale {
@@ -163,7 +173,7 @@ impl Routing {
             tracing::info!(cidr = %c, "peer pod CIDR removed");
         }
         let conflicts = self.sync_routes(&want).await?;
-        for (c, a) in &want {
+        for (c, a) in &want_map {
             if self.written.get(c) == Some(a) {
                 continue;
             }
