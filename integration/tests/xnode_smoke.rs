@@ -84,3 +84,52 @@ fn xnode_smoke_tunnel() {
 fn xnode_smoke_native() {
     smoke(Routing::Native);
 }
+
+/// Test that `sluice-agent --uninstall` on a tunnel-mode node removes the tunnel device and
+/// every route of Sluice's protocol (83), and leaves the node's other routes.
+#[test]
+fn uninstall_removes_tunnel_device_and_routes() {
+    let mut c = Cluster::new(ClusterOptions {
+        routing: Routing::Tunnel,
+        nodes: 2,
+        ..ClusterOptions::default()
+    });
+    let routed = poll_until(CONVERGE, || {
+        !c.node(1).routes_mentioning("10.244.2.0/24").is_empty()
+    });
+    assert!(
+        routed.is_some(),
+        "no route to node2's pods\n{}",
+        c.agent_logs()
+    );
+    c.node_mut(1).stop_agent(false);
+    let n = c.node(1);
+    let out =
+        n.ns.command(test_support::bin("sluice-agent"))
+            .args(["--uninstall", "--uplink", "up0"])
+            .arg("--bpffs")
+            .arg(n.bpffs())
+            .arg("--cni-conf-dir")
+            .arg(n.path("conf"))
+            .arg("--cni-bin-dir")
+            .arg(n.path("bin"))
+            .output()
+            .expect("run sluice-agent --uninstall");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links = n.ns.sh("ip -o link show");
+    assert!(
+        !links.contains("sluice_vxlan"),
+        "tunnel device left: {links}"
+    );
+    let ours = n.ns.sh("ip -4 route show proto 83");
+    assert!(ours.trim().is_empty(), "Sluice routes left: {ours}");
+    assert!(
+        !n.routes_mentioning("default via").is_empty(),
+        "the node's own routes were touched: {:?}",
+        n.routes()
+    );
+}
