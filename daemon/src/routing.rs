@@ -46,7 +46,8 @@ const RT_TABLE_MAIN: u8 = 254;
 pub struct Status {
     pub peers: Vec<Peer>,
     pub problems: Vec<NodeProblem>,
-    /// Peer CIDRs another route already covers (not ours: left alone, not routed).
+    /// Peer CIDRs not routed, with the reason (another route covers them, or the kernel
+    /// refused the route, e.g. a native-mode next hop off the uplink's network).
     pub route_conflicts: Vec<String>,
 }
 
@@ -173,6 +174,11 @@ impl Routing {
             tracing::info!(cidr = %c, "peer pod CIDR removed");
         }
         let conflicts = self.sync_routes(&want).await?;
+        for c in &conflicts {
+            if !self.status.route_conflicts.contains(c) {
+                tracing::warn!(problem = %c, "peer pod CIDR not routed");
+            }
+        }
         for (c, a) in &want_map {
             if self.written.get(c) == Some(a) {
                 continue;
@@ -191,8 +197,8 @@ impl Routing {
         Ok(())
     }
 
-    /// Makes the routes of protocol [`RTPROT_SLUICE`] exactly `want`; returns the CIDRs that
-    /// another (not Sluice's) route already holds.
+    /// Makes the routes of protocol [`RTPROT_SLUICE`] exactly `want`; returns the CIDRs left
+    /// unrouted and why (another route holds them, or the kernel refused ours).
     async fn sync_routes(
         &self,
         want: &BTreeMap<Ipv4Network, Ipv4Addr>,
@@ -227,17 +233,18 @@ impl Routing {
                 Some(gw) => b.gateway(gw),
                 None => b.scope(RouteScope::Link),
             };
+            // A route the kernel refuses is this peer's problem, not every peer's: it is
+            // reported (logged once) and the others are still routed.
             match self.handle.route().add(b.build()).execute().await {
                 Ok(()) => {}
                 Err(rtnetlink::Error::NetlinkError(m))
                     if m.code.map(|c| -c.get()) == Some(libc::EEXIST) =>
                 {
-                    tracing::warn!(cidr = %net, "a route that is not Sluice's already covers this peer pod CIDR; left alone");
-                    conflicts.push(net.to_string());
+                    conflicts.push(format!(
+                        "{net}: a route that is not Sluice's already covers it (left alone)"
+                    ));
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("add route {net} for node {addr}"))
-                }
+                Err(e) => conflicts.push(format!("{net} via node {addr}: {e}")),
             }
         }
         Ok(conflicts)
