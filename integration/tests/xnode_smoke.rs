@@ -133,3 +133,52 @@ fn uninstall_removes_tunnel_device_and_routes() {
         n.routes()
     );
 }
+
+/// Test that in tunnel mode a packet too large for the tunnel (a pod whose MTU was raised to
+/// the uplink's) is not silently dropped: the sender gets ICMP "fragmentation needed" with
+/// the tunnel's MTU (1500 − 50), and a packet that fits still crosses (RFC 1191).
+#[test]
+fn too_large_for_tunnel_gets_fragmentation_needed() {
+    let c = Cluster::new(ClusterOptions {
+        routing: Routing::Tunnel,
+        nodes: 2,
+        ..ClusterOptions::default()
+    });
+    let a = c.add_pod(1, "a", &[]);
+    let b = c.add_pod(2, "b", &[]);
+    assert!(
+        poll_until(CONVERGE, || a.ping(b.ip)).is_some(),
+        "a → b\n{}",
+        c.agent_logs()
+    );
+    // Raise the MTU of a's link on both ends, as a pod with a wrong MTU would have it.
+    let host_veth = a.result["interfaces"]
+        .as_array()
+        .and_then(|ifs| ifs.iter().find(|i| i.get("sandbox").is_none()))
+        .and_then(|i| i["name"].as_str())
+        .expect("host veth in the CNI result")
+        .to_owned();
+    c.node(1)
+        .ns
+        .sh(&format!("ip link set {host_veth} mtu 1500"));
+    a.sh("ip link set eth0 mtu 1500");
+    // 1422 bytes of ICMP data + 8 + 20 = 1450: fits. One more byte does not.
+    assert!(
+        a.ns.sh_output(&format!("ping -c1 -W2 -M do -s 1422 {}", b.ip))
+            .status
+            .success(),
+        "a packet of exactly the tunnel MTU must cross"
+    );
+    let out =
+        a.ns.sh_output(&format!("ping -c1 -W2 -M do -s 1423 {}", b.ip));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "too large a packet crossed: {text}");
+    assert!(
+        text.contains("mtu = 1450") || text.contains("mtu=1450"),
+        "no fragmentation needed (mtu 1450) for the sender: {text}"
+    );
+}
