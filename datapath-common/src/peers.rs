@@ -1,7 +1,8 @@
 //! `SL_PEERS_V1`: the pod CIDRs of the cluster's other nodes, an LPM trie written by the agent
 //! (from `daemon::nodes::peers`) and read by the TC programs: a destination in a peer's pod
 //! CIDR is sent to that node (VXLAN to its address in tunnel mode, routed via it in native
-//! mode) and is never masqueraded.
+//! mode) and is never masqueraded. Each peer's own address is an entry too (a /32 to
+//! itself): a pod's traffic to another node keeps the pod's address and the same path.
 //!
 //! Key: the LPM header's prefix length, then an [`IpKey`] (family tag and padding, then the
 //! address), so a CIDR of prefix `p` has prefix length `32 + p` ([`KEY_PREFIX_BIAS`]) and an

@@ -145,6 +145,19 @@ fn uplink_egress_never_masquerades_to_peer_cidr() {
     assert_eq!(src_ip(&r.frame), NODE_IP, "the outside sees the node");
 }
 
+/// Test that with a peer's own address in the peers map (as the agent writes it), a pod's
+/// packet to that node (a NodePort backend answering the node that translated the client to
+/// itself) is not masqueraded.
+#[test]
+fn uplink_egress_never_masquerades_to_peer_node() {
+    let mut dp = cluster(peers::ROUTING_NATIVE, config::FLAG_MASQUERADE);
+    dp.add_peer(PEER_NODE, 32, PEER_NODE);
+    let reply = tcp_frame(true, (POD_B, 8080), (PEER_NODE, 1500), TCP_SYN | TCP_ACK);
+    let r = dp.run(UPLINK_EGRESS, &reply, LO_IFINDEX);
+    assert_out(&r, TC_ACT_UNSPEC, &reply);
+    assert!(dp.nat(datapath_common::nat::MAP_NAME).is_empty());
+}
+
 /// A frame as the tunnel device hands it up after decapsulation: the inner MACs the sender
 /// set (to this node's device, from the peer's), from another node's pod to `dst`.
 fn from_tunnel(dst: [u8; 4], l4: &[u8], proto: u8) -> Vec<u8> {
