@@ -363,7 +363,11 @@ fn network_policy_across_nodes(routing: Routing) {
          ports: [{protocol: TCP, port: 8080}]\n",
     );
     // Ingress on node1 against a pod of node3, egress on node2 against a pod of node3.
+    // A refusal takes DENIED_WAIT to be seen: report when the check that saw it began.
+    let written = std::time::Instant::now();
+    let mut began = written;
     let took = poll_until(CONVERGE, || {
+        began = std::time::Instant::now();
         tcp_denied(&intruder, Via::Socket, db.ip, 8080)
             && tcp_denied(&client, Via::Socket, intruder.ip, 8080)
     });
@@ -372,7 +376,10 @@ fn network_policy_across_nodes(routing: Routing) {
         "policies not enforced within {CONVERGE:?}\n{}",
         c.agent_logs()
     );
-    println!("policies enforced after {took:?}");
+    println!(
+        "policies enforced: seen by the check begun {:?} after they were written",
+        began - written
+    );
     for from in [Via::Socket, Via::Tc] {
         let t = tcp(&client, from, db.ip, 8080).unwrap_or_else(|e| {
             panic!("client → db by address ({from:?}): {e}\n{}", c.agent_logs())

@@ -237,19 +237,27 @@ pub fn eventually<T>(
 ) -> T {
     let mut last = None;
     let mut err = String::new();
-    let took = poll_until(limit, || match f() {
-        Ok(v) => {
-            last = Some(v);
-            true
-        }
-        Err(e) => {
-            err = e;
-            false
+    let mut tries = 0;
+    let took = poll_until(limit, || {
+        tries += 1;
+        match f() {
+            Ok(v) => {
+                last = Some(v);
+                true
+            }
+            Err(e) => {
+                err = e;
+                false
+            }
         }
     });
     match (took, last) {
         (Some(t), Some(v)) => {
-            println!("{what}: after {t:?}");
+            if tries > 1 {
+                println!("{what}: after {t:?}, {tries} tries, last failure: {err}");
+            } else {
+                println!("{what}: after {t:?}");
+            }
             v
         }
         _ => panic!("{what}: not within {limit:?}: {err}\n{}", logs()),
