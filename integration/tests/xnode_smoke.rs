@@ -43,8 +43,10 @@ fn smoke(routing: Routing) {
     }
     assert!(b.ping(a.ip), "b → a\n{}", diag());
     // The server answers with the address the client connected from.
-    let server = b.ns.spawn(|| {
-        let l = std::net::TcpListener::bind("0.0.0.0:7000").expect("listen");
+    // Bound before the client starts (a socket stays in the namespace it was made in).
+    let l =
+        b.ns.run(|| std::net::TcpListener::bind("0.0.0.0:7000").expect("listen"));
+    let server = std::thread::spawn(move || {
         let (mut s, peer) = l.accept().expect("accept");
         std::io::Write::write_all(&mut s, peer.ip().to_string().as_bytes()).expect("answer");
     });
