@@ -432,6 +432,7 @@ mod tests {
                 hostport_conflicts: 0,
                 hostport_conflicts_total: 0,
                 flows: FlowsStatus::default(),
+                routing: RoutingStatus::default(),
             })
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {

@@ -43,8 +43,10 @@ fn smoke(routing: Routing) {
     }
     assert!(b.ping(a.ip), "b → a\n{}", diag());
     // The server answers with the address the client connected from.
-    let server = b.ns.spawn(|| {
-        let l = std::net::TcpListener::bind("0.0.0.0:7000").expect("listen");
+    // Bound before the client starts (a socket stays in the namespace it was made in).
+    let l =
+        b.ns.run(|| std::net::TcpListener::bind("0.0.0.0:7000").expect("listen"));
+    let server = std::thread::spawn(move || {
         let (mut s, peer) = l.accept().expect("accept");
         std::io::Write::write_all(&mut s, peer.ip().to_string().as_bytes()).expect("answer");
     });
@@ -180,5 +182,53 @@ fn too_large_for_tunnel_gets_fragmentation_needed() {
     assert!(
         text.contains("mtu = 1450") || text.contains("mtu=1450"),
         "no fragmentation needed (mtu 1450) for the sender: {text}"
+    );
+}
+
+/// `sluicectl status -o json` of node `i`.
+fn status_json(c: &Cluster, i: usize) -> serde_json::Value {
+    let out = c.node(i).sluicectl(&["status", "-o", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Whether node `i`'s status lists Node `name` as not routed.
+fn not_routed(c: &Cluster, i: usize, name: &str) -> bool {
+    status_json(c, i)["routing"]["notRouted"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|n| n["node"] == name))
+}
+
+/// Test that a Node without an InternalIP is not routed, is listed in `sluicectl status`
+/// with a reason, and is logged once when it appears, not again at later cluster changes.
+#[test]
+fn node_without_address_listed_and_logged_once() {
+    let c = Cluster::new(ClusterOptions {
+        routing: Routing::Tunnel,
+        nodes: 1,
+        ..ClusterOptions::default()
+    });
+    let node = |name: &str, cidr: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": format!("uid-{name}")},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}
+        })
+    };
+    c.write_manifest("node-bad1.json", &node("bad1", "10.244.9.0/24"));
+    let seen = poll_until(CONVERGE, || not_routed(&c, 1, "bad1"));
+    assert!(seen.is_some(), "bad1 not listed\n{}", c.agent_logs());
+    // A later change the agent is seen to have taken in.
+    c.write_manifest("node-bad2.json", &node("bad2", "10.244.8.0/24"));
+    let seen = poll_until(CONVERGE, || not_routed(&c, 1, "bad2"));
+    assert!(seen.is_some(), "bad2 not listed\n{}", c.agent_logs());
+    let log = c.node(1).agent_log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("node not routed") && l.contains("bad1"))
+        .count();
+    assert_eq!(lines, 1, "bad1 logged {lines} times:\n{log}");
+    assert!(
+        c.node(1).routes_mentioning("10.244.9.0").is_empty(),
+        "a route to a Node without address"
     );
 }
