@@ -525,6 +525,11 @@ fn agent_kill_during_stream_loses_nothing(routing: Routing) {
     c.kill_agent(1);
     std::thread::sleep(Duration::from_millis(500));
     c.kill_agent(2);
+    // Paced to take seconds, the stream must still be running: else the crash proved nothing.
+    assert!(
+        !stream.is_finished(),
+        "the stream ended before the agents were killed"
+    );
     std::thread::sleep(Duration::from_millis(500));
     c.start_agent(1);
     c.start_agent(2);
