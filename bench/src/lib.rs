@@ -12,7 +12,8 @@
 //! four systems, [`measure`] one traffic measurement in one system, [`cni`] CNI ADD/DEL
 //! timing, [`svc`] the Service scenarios, their two systems and the rules kube-proxy writes,
 //! [`policy`] the NetworkPolicy scenarios, their manifests, systems and probe, [`manifests`]
-//! the standalone manifest reader idle with 10,000 files, [`run`] rounds
+//! the standalone manifest reader idle with 10,000 files, [`xnode`] pod to pod across two
+//! simulated nodes (Sluice's tunnel and native routing, plain routes, flannel), [`run`] rounds
 //! and rotation, [`report`] the table and JSON, [`targets`] the issues' targets judged,
 //! [`saved`] the result files written, and read back for a partial run to merge into, [`svg`]
 //! the picture, [`machine`] what it ran on.
@@ -31,6 +32,7 @@ pub mod svc;
 pub mod svg;
 pub mod targets;
 pub mod topo;
+pub mod xnode;
 
 use std::fmt;
 

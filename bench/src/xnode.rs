@@ -1,0 +1,144 @@
+//! The cross-node scenarios (issue 18): pod → pod between two simulated nodes (node
+//! namespaces joined by an underlay namespace with a bridge), on systems of their own:
+//!
+//! - `routed` (the limit) and `flannel` (the usual overlay), [`topo`];
+//! - `sluice-tunnel` and `sluice-native`: the real agents with `--routing tunnel|native`, pods
+//!   made by the Sluice CNI, [`sluice`].
+//!
+//! `xnode-rr-1b` (one connection, 1 B each way, client and server on one core as
+//! `pod-pod-rr-1b`), `xnode-crr` (connect, 1 B, close; any CPU) and `xnode-stream` (one iperf3
+//! stream; any CPU), the order of the systems rotated every round. Every system is first
+//! checked to carry a ping from the client pod to the server pod; a Sluice system that does
+//! not (an agent without cross-node forwarding) is reported as not measured, a baseline that
+//! does not fails the run.
+
+pub mod sluice;
+pub mod topo;
+
+use super::{
+    load::Mode,
+    measure::{self, Cpus, Load, Peers},
+    report::{num, Results},
+    run::{rounds, Config},
+    topo::{sh, System},
+    Error, Result,
+};
+
+pub const SCENARIOS: [&str; 3] = ["xnode-rr-1b", "xnode-crr", "xnode-stream"];
+
+/// Runs the wanted cross-node scenarios on systems built here and released before it
+/// returns; returns lines for the run's summary.
+pub fn run(cfg: &Config, res: &mut Results) -> Result<Vec<String>> {
+    if !SCENARIOS.iter().any(|s| cfg.wants(s)) {
+        return Ok(Vec::new());
+    }
+    eprintln!(
+        "\nsluice-bench: building the cross-node systems: sluice-tunnel, sluice-native, routed \
+         and flannel, two nodes each on an underlay bridge"
+    );
+    let tunnel = sluice::SluicePair::new(sluice::Routing::Tunnel, &cfg.agent_args)?;
+    let native = sluice::SluicePair::new(sluice::Routing::Native, &cfg.agent_args)?;
+    let routed = topo::Routed::new()?;
+    let flannel = topo::Flannel::new()?;
+    let mut summary = Vec::new();
+    let mut systems: Vec<&dyn System> = Vec::new();
+    for (s, logs) in [
+        (&tunnel as &dyn System, Some(&tunnel)),
+        (&native, Some(&native)),
+        (&routed, None),
+        (&flannel, None),
+    ] {
+        let p = s.pods();
+        match sh(p.client, &format!("ping -c 1 -W 5 {}", p.server_ip)) {
+            Ok(_) => systems.push(s),
+            // A baseline that does not forward is the harness's bug: stop.
+            Err(e) if logs.is_none() => {
+                return Err(Error::msg(format!(
+                    "{}: the client pod does not reach the server pod on the other node: {}",
+                    s.name(),
+                    e.chain()
+                )))
+            }
+            // Sluice without cross-node forwarding (an agent before it) is reported, and
+            // the baselines are still measured.
+            Err(e) => {
+                let line = format!(
+                    "{}: NOT MEASURED: the client pod does not reach the server pod on the \
+                     other node ({})",
+                    s.name(),
+                    e.chain()
+                );
+                eprintln!("sluice-bench: {line}");
+                if let Some(pair) = logs {
+                    eprintln!("{}", pair.agent_logs());
+                }
+                summary.push(line);
+            }
+        }
+    }
+
+    for (name, mode, cpus, unit) in [
+        ("xnode-rr-1b", Mode::Rr, Cpus::OneCore, "req/s"),
+        ("xnode-crr", Mode::Crr, Cpus::Any, "conn/s"),
+    ] {
+        if !cfg.wants(name) {
+            continue;
+        }
+        let l = Load {
+            mode,
+            size: 1,
+            connections: 1,
+            peers: Peers::PodToPod,
+            cpus,
+        };
+        rounds(cfg.rounds, &systems, name, |sys| {
+            let s = measure::load(sys, l, cfg.timing)?;
+            let (c, sys_name) = (&s.client, sys.name());
+            let cpu = s.cpu_us_per_req();
+            res.add(name, "rate", unit, true, sys_name, c.rate);
+            if mode == Mode::Rr {
+                res.add(name, "p50", "us", false, sys_name, c.p50_us);
+            }
+            res.add(name, "p99", "us", false, sys_name, c.p99_us);
+            res.add(name, "cpu-per-req", "us", false, sys_name, cpu);
+            let title = match mode {
+                Mode::Rr => "cross-node request/response latency, 1 B",
+                Mode::Crr => "cross-node connect time",
+            };
+            res.add_dist(
+                name,
+                title,
+                sys_name,
+                c.connect.as_ref().unwrap_or(&c.latency),
+            );
+            Ok(format!(
+                "{} {unit}, p50 {} µs, p99 {} µs, cpu {} µs/req, {} errors",
+                num(c.rate),
+                num(c.p50_us),
+                num(c.p99_us),
+                num(cpu),
+                c.errors
+            ))
+        })?;
+    }
+
+    let stream = "xnode-stream";
+    if cfg.wants(stream) {
+        rounds(cfg.rounds, &systems, stream, |sys| {
+            let s = measure::stream(sys, cfg.timing)?;
+            let (name, cpu) = (sys.name(), s.cpu_ms_per_gb());
+            res.add(stream, "throughput", "Gbit/s", true, name, s.gbit_s);
+            res.add(stream, "cpu-per-gb", "ms", false, name, cpu);
+            Ok(format!("{} Gbit/s, cpu {} ms/GB", num(s.gbit_s), num(cpu)))
+        })?;
+    }
+
+    for pair in [&tunnel, &native] {
+        summary.push(format!(
+            "{} datapath counters after the run: {}",
+            pair.name(),
+            pair.path_report().unwrap_or_else(|| "?".into())
+        ));
+    }
+    Ok(summary)
+}
