@@ -20,8 +20,8 @@ use super::{
     measure::{self, Cpus, Load, Peers},
     report::{num, Results},
     run::{rounds, Config},
-    topo::{sh, System},
-    Error, Result,
+    topo::{prepare_pods_at, sh, System, MTU},
+    Context as _, Result,
 };
 
 pub const SCENARIOS: [&str; 3] = ["xnode-rr-1b", "xnode-crr", "xnode-stream"];
@@ -42,34 +42,26 @@ pub fn run(cfg: &Config, res: &mut Results) -> Result<Vec<String>> {
     let flannel = topo::Flannel::new()?;
     let mut summary = Vec::new();
     let mut systems: Vec<&dyn System> = Vec::new();
-    for (s, logs) in [
-        (&tunnel as &dyn System, Some(&tunnel)),
-        (&native, Some(&native)),
-        (&routed, None),
-        (&flannel, None),
+    for (s, pod_mtu, pair) in [
+        (
+            &tunnel as &dyn System,
+            tunnel.routing.pod_mtu(),
+            Some(&tunnel),
+        ),
+        (&native, native.routing.pod_mtu(), Some(&native)),
+        (&routed, MTU, None),
+        (&flannel, MTU - topo::VXLAN_OVERHEAD, None),
     ] {
-        let p = s.pods();
-        match sh(p.client, &format!("ping -c 1 -W 5 {}", p.server_ip)) {
-            Ok(_) => systems.push(s),
-            // A baseline that does not forward is the harness's bug: stop.
-            Err(e) if logs.is_none() => {
-                return Err(Error::msg(format!(
-                    "{}: the client pod does not reach the server pod on the other node: {}",
-                    s.name(),
-                    e.chain()
-                )))
-            }
+        match ready(s, pod_mtu) {
+            Ok(()) => systems.push(s),
+            // A baseline that is not as built is the harness's bug: stop.
+            Err(e) if pair.is_none() => return Err(e),
             // Sluice without cross-node forwarding (an agent before it) is reported, and
             // the baselines are still measured.
             Err(e) => {
-                let line = format!(
-                    "{}: NOT MEASURED: the client pod does not reach the server pod on the \
-                     other node ({})",
-                    s.name(),
-                    e.chain()
-                );
+                let line = format!("NOT MEASURED: {}", e.chain());
                 eprintln!("sluice-bench: {line}");
-                if let Some(pair) = logs {
+                if let Some(pair) = pair {
                     eprintln!("{}", pair.agent_logs());
                 }
                 summary.push(line);
@@ -141,4 +133,17 @@ pub fn run(cfg: &Config, res: &mut Results) -> Result<Vec<String>> {
         ));
     }
     Ok(summary)
+}
+
+/// Checks a system before it is measured: its pods' MTU is `mtu` (and readies them for the
+/// load, [`prepare_pods_at`]) and the client pod reaches the server pod on the other node.
+fn ready(s: &dyn System, mtu: u32) -> Result<()> {
+    prepare_pods_at(s.pods(), mtu)
+        .and_then(|()| {
+            let p = s.pods();
+            sh(p.client, &format!("ping -c 1 -W 5 {}", p.server_ip))
+                .context("the client pod does not reach the server pod on the other node")
+        })
+        .with_context(|| s.name().to_string())?;
+    Ok(())
 }

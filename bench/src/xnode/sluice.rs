@@ -22,7 +22,7 @@ use test_support::{bin, unique, Netns};
 use super::{
     super::{
         cni::CniPlugin,
-        topo::{path_report, prepare_pods_at, Pods, System, MTU},
+        topo::{path_report, Pods, System, MTU},
         Context as _, Error, Result,
     },
     topo::{node_ip, pod_cidr, Underlay, VXLAN_OVERHEAD},
@@ -234,6 +234,7 @@ pub struct SluicePair {
     nodes: [ClusterNode; 2],
     _underlay: Underlay,
     _manifests: tempfile::TempDir,
+    pub routing: Routing,
     name: &'static str,
 }
 
@@ -275,17 +276,16 @@ impl SluicePair {
         ];
         let (client, _) = nodes[0].add_pod("bench-client")?;
         let (server, server_ip) = nodes[1].add_pod("bench-server")?;
-        let p = Self {
+        Ok(Self {
             client,
             server,
             server_ip,
             nodes,
             _underlay: underlay,
             _manifests: manifests,
+            routing,
             name,
-        };
-        prepare_pods_at(p.pods(), routing.pod_mtu())?;
-        Ok(p)
+        })
     }
 
     /// The node a pod's namespace belongs to.

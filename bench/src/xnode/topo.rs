@@ -30,7 +30,7 @@ use test_support::{unique, Netns};
 
 use super::super::{
     cni::CniPlugin,
-    topo::{prepare_pods_at, sh, Pods, System, CNI_BIN_DIR, FORWARD_RULES, MTU},
+    topo::{sh, Pods, System, CNI_BIN_DIR, FORWARD_RULES, MTU},
     Context as _, Error, Result,
 };
 
@@ -150,7 +150,6 @@ impl Routed {
                 &format!("ip route add {} via {}", pod_cidr(peer), node_ip(peer)),
             )?;
         }
-        prepare_pods_at(r.pods(), MTU)?;
         Ok(r)
     }
 
@@ -284,7 +283,6 @@ impl Flannel {
         }
         f.add_pod(0, &f.client, "bench-client")?;
         f.server_ip = f.add_pod(1, &f.server, "bench-server")?;
-        prepare_pods_at(f.pods(), MTU - VXLAN_OVERHEAD)?;
         Ok(f)
     }
 
