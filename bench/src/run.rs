@@ -604,7 +604,7 @@ pub fn leftovers() -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| {
             [
-                "sln", "slo", "slp", "slbv", "slbn", "slbp", "slxu", "slxn", "slxp",
+                "sln", "slo", "slp", "slu", "slbv", "slbn", "slbp", "slxu", "slxn", "slxp",
             ]
             .iter()
             .any(|p| n.strip_prefix(p).is_some_and(|r| r.starts_with(&tag)))
