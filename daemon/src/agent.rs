@@ -83,21 +83,63 @@ struct Shared {
     routing: Mutex<api::RoutingStatus>,
 }
 
-/// The pod CIDRs: from the flag, else from this node's Node object in the manifests.
-fn resolve_pod_cidrs(s: &Settings, cluster: &ClusterState) -> anyhow::Result<Vec<IpNetwork>> {
+/// The pod CIDRs: from the flag, else from this node's Node object (`spec.podCIDRs`).
+///
+/// On a booting cluster the agent often starts before its Node exists, or before the node
+/// IPAM controller has given it a pod CIDR: then it waits on the state channel, with one log
+/// line naming the Node and what it waits for (again only if that changes), as the kubelet
+/// waits for the network. `state` is left at the newest state seen. `None`: SIGINT/SIGTERM
+/// came while waiting, nothing was set up. Without a state source nothing will ever come, so
+/// that is an error.
+async fn resolve_pod_cidrs(
+    s: &Settings,
+    updates: Option<&mut tokio::sync::watch::Receiver<Arc<ClusterState>>>,
+    state: &mut Arc<ClusterState>,
+) -> anyhow::Result<Option<Vec<IpNetwork>>> {
     if !s.pod_cidrs.is_empty() {
-        return Ok(s.pod_cidrs.clone());
+        return Ok(Some(s.pod_cidrs.clone()));
     }
-    let from_node = cluster.pod_cidrs(&s.node_name);
-    if from_node.is_empty() {
+    let Some(rx) = updates else {
         bail!(
-            "no pod CIDR for node {:?}: pass --pod-cidr, or add a Node named {:?} with \
-             spec.podCIDR to the manifests directory",
+            "no pod CIDR for node {:?}: pass --pod-cidr, or --manifests with a Node named {:?} \
+             with spec.podCIDR, or --kubeconfig",
             s.node_name,
             s.node_name
         );
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    let mut said = None;
+    loop {
+        let from_node = state.pod_cidrs(&s.node_name);
+        if !from_node.is_empty() {
+            if said.is_some() {
+                tracing::info!(node = %s.node_name, pod_cidrs = ?from_node, "the Node has its pod CIDR");
+            }
+            return Ok(Some(from_node));
+        }
+        let what = if state.node(&s.node_name).is_none() {
+            "to exist (no Node object of that name yet)"
+        } else {
+            "to get a pod CIDR (spec.podCIDRs is empty)"
+        };
+        if said != Some(what) {
+            tracing::warn!(
+                node = %s.node_name,
+                "waiting for Node {:?} {what}; pass --pod-cidr to not wait",
+                s.node_name
+            );
+            said = Some(what);
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+            _ = term.recv() => return Ok(None),
+            changed = rx.changed() => {
+                changed.context("the cluster state source stopped while waiting for the Node")?;
+                *state = rx.borrow_and_update().clone();
+            }
+        }
     }
-    Ok(from_node)
 }
 
 /// Whether to follow an API server: `--kubeconfig` given, or running in a pod (in-cluster
@@ -164,7 +206,11 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             (None, Arc::new(ClusterState::default()))
         }
     };
-    let pod_cidrs = resolve_pod_cidrs(&s, &initial)?;
+    let mut initial = initial;
+    let Some(pod_cidrs) = resolve_pod_cidrs(&s, updates.as_mut(), &mut initial).await? else {
+        tracing::info!("agent stopping before its Node was ready; nothing was set up");
+        return Ok(());
+    };
     let pod4 = pod_cidrs
         .iter()
         .find_map(|c| match c {

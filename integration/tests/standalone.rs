@@ -624,3 +624,109 @@ fn standalone_special_entries_logged_once() {
     assert_eq!(r["rejectedFiles"], 4, "{r}");
     assert!(agent_alive(&node), "agent died:\n{}", node.agent_log());
 }
+
+/// Waits until the log file at `path` mentions `needle` (for a thread that cannot hold the
+/// node), or panics after `FOLLOW_DEADLINE` with the log.
+fn wait_for_log_at(path: &std::path::Path, needle: &str) {
+    let deadline = Instant::now() + FOLLOW_DEADLINE;
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent log never mentioned {needle}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The Node manifest of node-1 without `spec.podCIDR`, as on a cluster whose node IPAM
+/// controller has not got to it yet.
+const NODE_YAML_NO_CIDR: &str = "\
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-1
+spec: {}
+";
+
+/// Test that without --pod-cidr an agent whose Node does not exist yet, then exists without
+/// a pod CIDR, waits (one log line naming the Node and what it waits for, each time that
+/// changes; no CNI config offered to the runtime) instead of exiting, and gets ready with the
+/// Node's pod CIDR once the Node has one, as a node booting into a cluster does.
+#[test]
+fn standalone_agent_waits_for_its_node() {
+    let mut node = standalone_node();
+    let log = node.path("agent.log");
+    let conflist = node.conflist_path();
+    let dir = node.manifests_dir();
+    // The fixture's start_agent returns once the agent is ready, so the Node is written from
+    // here, each step only after the agent said it waits for it.
+    let writer = std::thread::spawn(move || {
+        wait_for_log_at(&log, "waiting for Node \"node-1\" to exist");
+        let early_conflist = conflist.exists();
+        std::fs::write(dir.join("node.yaml"), NODE_YAML_NO_CIDR).expect("write node.yaml");
+        wait_for_log_at(&log, "waiting for Node \"node-1\" to get a pod CIDR");
+        let early_conflist = early_conflist || conflist.exists();
+        std::fs::write(dir.join("node.yaml"), NODE_YAML).expect("write node.yaml");
+        early_conflist
+    });
+    node.start_agent();
+    let early_conflist = writer.join().expect("the manifest writer");
+    assert!(
+        !early_conflist,
+        "the CNI config was written before the Node had a pod CIDR"
+    );
+    assert!(agent_alive(&node), "{}", node.agent_log());
+    assert_eq!(
+        log_lines_with(&node, "waiting for Node").len(),
+        2,
+        "one line per thing waited for:\n{}",
+        node.agent_log()
+    );
+    let s = node.sluicectl_json(&["status"]);
+    assert_eq!(s["podCidrs"], serde_json::json!([POD_CIDR]), "{s}");
+    let a = node.add_pod("a");
+    assert!(in_pod_cidr(a.ip), "pod a got {} outside {POD_CIDR}", a.ip);
+}
+
+/// Test that SIGTERM while the agent waits for its Node ends it cleanly (exit status 0),
+/// leaving no CNI config and no API socket behind.
+#[test]
+fn standalone_sigterm_while_waiting_for_node() {
+    let node = standalone_node();
+    let log = node.path("agent.log");
+    let mut child = node
+        .agent_command()
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("create agent log"))
+        .stderr(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .expect("open agent log"),
+        )
+        .spawn()
+        .expect("spawn sluice-agent");
+    wait_for_log_at(&log, "waiting for Node \"node-1\" to exist");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .expect("signal the agent");
+    let status = child.wait().expect("wait for the agent");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "agent exited with {status}:\n{log}");
+    assert!(
+        !node.conflist_path().exists(),
+        "a CNI config was left behind"
+    );
+    assert!(
+        !node.state_dir().join("agent.sock").exists(),
+        "an API socket was left behind"
+    );
+}
