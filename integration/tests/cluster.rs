@@ -119,7 +119,9 @@ fn pod_to_pod_across_nodes(routing: Routing) {
     wait_ping(&c, &a, b.ip);
     wait_ping(&c, &b, a.ip);
 
-    let mut cap = Capture::start(&c.underlay, "br0", "ip");
+    // Node1's port on the bridge sees all it exchanges (br0 itself only sees what the bridge
+    // delivers locally, not what it forwards between ports).
+    let mut cap = Capture::start(&c.underlay, "n1", "ip");
     for (from, to) in [(&a, &b), (&b, &a)] {
         assert!(from.ping(to.ip), "{} → {} ping", from.name, to.name);
         let t = tcp(from, Via::Socket, to.ip, 8080)
@@ -184,6 +186,7 @@ fn pod_to_outside_masqueraded_to_own_node(routing: Routing) {
     let pods = [c.add_pod(1, "a", &[]), c.add_pod(2, "b", &[])];
     let _world = serve_tcp(&c.outside, 9000, "world");
     for p in &pods {
+        let mut cap = Capture::start(&c.underlay, &format!("n{}", p.node), "ip");
         let t = eventually(
             &format!("{} → world", p.name),
             CONVERGE,
@@ -198,6 +201,19 @@ fn pod_to_outside_masqueraded_to_own_node(routing: Routing) {
             p.node
         );
         assert!(p.ping(WORLD_IP), "{} ping world", p.name);
+        let world = cap.packets(&format!("host {WORLD_IP}"));
+        let masqueraded = cap.packets(&format!("src {} and dst {WORLD_IP}", node_ip(p.node)));
+        assert!(
+            !masqueraded.is_empty(),
+            "nothing from node{} to the world: {world:#?}",
+            p.node
+        );
+        let bare = cap.packets(&format!("host {}", p.ip));
+        assert!(
+            bare.is_empty(),
+            "{}'s own address on the underlay: {bare:#?}",
+            p.name
+        );
     }
 }
 

@@ -322,13 +322,24 @@ impl Capture {
             .expect("tempdir");
         let file = dir.path().join("cap.pcap");
         let err = dir.path().join("tcpdump.err");
+        // --immediate-mode: without it packets wait in the capture ring for up to a second
+        // and those of the last second are lost at SIGINT.
         let mut c = ns.command("tcpdump");
-        c.args(["-i", iface, "-nn", "-U", "-s", "256", "-w"])
-            .arg(&file)
-            .args(filter.split_whitespace())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).expect("tcpdump stderr file"));
+        c.args([
+            "-i",
+            iface,
+            "-nn",
+            "-U",
+            "--immediate-mode",
+            "-s",
+            "256",
+            "-w",
+        ])
+        .arg(&file)
+        .args(filter.split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("tcpdump stderr file"));
         let child = c.spawn().expect("run tcpdump (scripts/setup installs it)");
         let mut cap = Self {
             child: Some(child),
