@@ -14,14 +14,14 @@ use super::{
     load::Mode,
     manifests,
     measure::{self, Cpus, Load, Peers, Timing},
-    policy,
+    policy, remote_pods,
     report::{num, Results},
     svc,
     topo::{Bridge, Sluice, System, Veth},
     xnode, Context as _, Error, Result,
 };
 
-pub const SCENARIOS: [&str; 28] = [
+pub const SCENARIOS: [&str; 29] = [
     "pod-pod-rr-1b",
     "pod-pod-rr-1k",
     "pod-pod-crr",
@@ -47,6 +47,7 @@ pub const SCENARIOS: [&str; 28] = [
     "policy-apply",
     "agent-rss-policies",
     "manifests-idle-10k",
+    "agent-rss-remote-pods",
     "xnode-rr-1b",
     "xnode-crr",
     "xnode-stream",
@@ -174,7 +175,8 @@ pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S
 [--only SCENARIO,...] [--results-dir DIR] [--agent-arg A]... [--iptables-legacy]
   --quick        smoke mode: 3 rounds of ~1 s per measurement, 20 pods for cni-add/cni-del,
                  1 round of svc-program-10000 and of agent-rss-policies, 20 policy-apply
-                 changes, 1 round of manifests-idle-10k with a 2 s idle window
+                 changes, 1 round of manifests-idle-10k with a 2 s idle window and of
+                 agent-rss-remote-pods
                  (writes quick.json/quick.svg/quick.md, not latest.*)
   --rounds N     rounds per scenario (default 5; each figure is the median of N runs)
   --seconds S    measured seconds per traffic run (default 5)
@@ -183,7 +185,7 @@ pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S
                  sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-rr-1b-1conn-unpinned
                  sockmap-loopback-rr-1b-unpinned sockmap-stream cni-add cni-del cni-add-parallel-100 svc-crr-10 svc-crr-1000 svc-crr-10000 svc-rr-10000
                  svc-program-10000 policy-rr-1b policy-stream policy-apply agent-rss-policies
-                 manifests-idle-10k xnode-rr-1b xnode-crr xnode-stream;
+                 manifests-idle-10k agent-rss-remote-pods xnode-rr-1b xnode-crr xnode-stream;
                  the records measured replace those of the same scenarios in the existing
                  results, the others are kept
   --results-dir  where the JSON, SVG and Markdown go (default bench/results)
@@ -285,6 +287,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         svc::SCENARIOS.contains(s)
             || policy::SCENARIOS.contains(s)
             || manifests::SCENARIOS.contains(s)
+            || remote_pods::SCENARIOS.contains(s)
             || xnode::SCENARIOS.contains(s)
     };
     if SCENARIOS.iter().any(|s| !elsewhere(s) && cfg.wants(s)) {
@@ -293,6 +296,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     counters.extend(svc::run(cfg, &mut res)?);
     counters.extend(policy::run(cfg, &mut res)?);
     counters.extend(manifests::run(cfg, &mut res)?);
+    counters.extend(remote_pods::run(cfg, &mut res)?);
     counters.extend(xnode::run(cfg, &mut res)?);
     let elapsed = started.elapsed();
     let summary = format!(

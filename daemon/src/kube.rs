@@ -1,7 +1,12 @@
 //! Following the Kubernetes API server: one kube-rs watcher per kind the model holds
-//! (namespaces, this node's pods, services, endpoint slices, network policies, nodes), all
-//! folded into one [`ClusterState`] on one tokio task, which publishes it on a
+//! (namespaces, pods, services, endpoint slices, network policies, nodes, all cluster-wide),
+//! all folded into one [`ClusterState`] on one tokio task, which publishes it on a
 //! `tokio::sync::watch` channel, the same shape as [`crate::manifests::watch`].
+//!
+//! Pods of every node are watched, not only this node's: NetworkPolicy peers and Service
+//! endpoints on other nodes are known by their labels and addresses, as in standalone mode.
+//! Each Pod is cut down to what the agent reads before it is stored ([`trim`]), so the
+//! state costs little per remote pod (`agent-rss-remote-pods` in bench/README.md).
 //!
 //! Each watcher lists, then watches from the list's resourceVersion, moving on with every
 //! bookmark. A relist (at start, after a 410 Gone, after a failed list) arrives as `Init`,
@@ -39,6 +44,8 @@ use tracing::{debug, info, warn};
 
 use crate::model::{ClusterState, Kind, Object};
 
+pub mod trim;
+
 /// How long [`watch`] waits by default for every kind's initial list.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -50,7 +57,7 @@ pub const COALESCE: Duration = Duration::from_millis(50);
 pub struct KubeSource {
     /// A kubeconfig file to use instead of the in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
-    /// This node's name: only pods with this `spec.nodeName` are watched.
+    /// This node's name (for the log; every node's pods are watched).
     pub node_name: String,
     /// How long [`watch`] waits for every kind's initial list before failing.
     pub sync_timeout: Duration,
@@ -195,10 +202,11 @@ impl Follower {
         // to an older watch-cache snapshot, and since Kubernetes 1.31 consistent lists are
         // served from the watch cache anyway. Bookmarks are on by default.
         let all = watcher::Config::default();
-        let this_node = all.clone().fields(&format!("spec.nodeName={node_name}"));
+        debug!(node = node_name, "watching every kind cluster-wide");
         let updates = stream::select_all([
             follow::<Namespace>(Kind::Namespace, client, all.clone()),
-            follow::<Pod>(Kind::Pod, client, this_node),
+            // Every pod, not only this node's: remote pods are policy peers and endpoints.
+            follow::<Pod>(Kind::Pod, client, all.clone()),
             follow::<Service>(Kind::Service, client, all.clone()),
             follow::<EndpointSlice>(Kind::EndpointSlice, client, all.clone()),
             follow::<NetworkPolicy>(Kind::NetworkPolicy, client, all.clone()),
@@ -375,7 +383,7 @@ where
 
 /// A watcher event on `K` as one on model objects, without `managedFields` (large, and
 /// nothing the datapath reads; dropping them also keeps server-side-apply bookkeeping from
-/// looking like a change).
+/// looking like a change), and a Pod cut down to what the agent reads ([`trim::pod`]).
 fn into_model<K>(event: Event<K>) -> Event<Object>
 where
     K: Resource,
@@ -383,7 +391,10 @@ where
 {
     let slim = |mut obj: K| {
         obj.meta_mut().managed_fields = None;
-        Object::from(obj)
+        match Object::from(obj) {
+            Object::Pod(pod) => Object::Pod(trim::pod(pod)),
+            other => other,
+        }
     };
     match event {
         Event::Apply(obj) => Event::Apply(slim(obj)),

@@ -181,25 +181,37 @@ async fn kube_initial_list_lands_in_model() {
     }
 }
 
-/// Test that the pod list and watch carry `fieldSelector=spec.nodeName=<node>` and no other
-/// collection is filtered.
+/// Test that every collection, pods included, is listed and watched cluster-wide (no
+/// `fieldSelector`), so a pod of another node (a NetworkPolicy peer, a Service endpoint)
+/// reaches the model, listed and from a watch event.
 #[tokio::test]
-async fn kube_pod_watch_selects_this_node() {
-    let api = FakeApi::start(cluster()).await;
-    let (_rx, _task) = watch(api.source()).await.expect("initial sync");
+async fn kube_pods_of_every_node_watched() {
+    let mut served = cluster();
+    let mut remote = pod("shop", "web-9", "10.244.2.9", "web", "42");
+    remote["spec"]["nodeName"] = json!("node-b");
+    served[1].1.push(remote);
+    let api = FakeApi::start(served).await;
+    let (mut rx, _task) = watch(api.source()).await.expect("initial sync");
     for res in Res::ALL {
         api.wait_watches(res, 1).await;
     }
+    assert_eq!(
+        pod_ip(&rx.borrow(), "shop", "web-9").as_deref(),
+        Some("10.244.2.9")
+    );
+    let mut added = pod("shop", "web-8", "10.244.2.8", "web", "101");
+    added["spec"]["nodeName"] = json!("node-b");
+    api.send(Res::Pods, "ADDED", typed(Res::Pods, added));
+    let (state, _) = wait_for(&mut rx, "remote pod web-8", |s| {
+        s.pod("shop", "web-8").is_some()
+    })
+    .await;
+    assert_eq!(
+        pod_ip(&state, "shop", "web-8").as_deref(),
+        Some("10.244.2.8")
+    );
 
-    let selector = "fieldSelector=spec.nodeName%3Dnode-a";
-    for request in api.requests(Res::Pods) {
-        assert!(
-            request.query.split('&').any(|p| p == selector),
-            "{}",
-            request.query
-        );
-    }
-    for res in Res::ALL.into_iter().filter(|&r| r != Res::Pods) {
+    for res in Res::ALL {
         for request in api.requests(res) {
             assert_eq!(
                 request.param("fieldSelector"),

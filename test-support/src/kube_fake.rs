@@ -332,15 +332,15 @@ async fn connection(mut sock: TcpStream, shared: Shared) {
                 "kind": res.list_kind(),
                 "apiVersion": res.api_version(),
                 "metadata": {"resourceVersion": served.resource_version},
-                "items": served.items,
+                "items": served.items.iter().filter(|o| selects(&request, o)).collect::<Vec<_>>(),
             })),
         };
-        served.requests.push(request);
+        served.requests.push(request.clone());
         (answer, Arc::clone(&served.events))
     };
     let _ = match answer {
         Err((code, status)) => respond(&mut sock, code, &status).await,
-        Ok(_) if watch => stream_events(&mut sock, &events).await,
+        Ok(_) if watch => stream_events(&mut sock, &events, &request).await,
         Ok(list) => respond(&mut sock, 200, &list).await,
     };
 }
@@ -397,6 +397,7 @@ async fn respond(sock: &mut TcpStream, code: u16, body: &Value) -> std::io::Resu
 async fn stream_events(
     sock: &mut TcpStream,
     events: &tokio::sync::Mutex<mpsc::UnboundedReceiver<Chunk>>,
+    request: &Request,
 ) -> std::io::Result<()> {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
@@ -407,6 +408,11 @@ async fn stream_events(
     loop {
         tokio::select! {
             chunk = events.recv() => match chunk {
+                // Changes of objects the field selector leaves out are not this watch's
+                // (BOOKMARK and ERROR events always pass).
+                Some(Chunk::Event(event))
+                    if matches!(event["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED"))
+                        && !selects(request, &event["object"]) => {}
                 Some(Chunk::Event(event)) => {
                     let line = format!("{event}\n");
                     let chunk = format!("{:x}\r\n{line}\r\n", line.len());
@@ -422,6 +428,22 @@ async fn stream_events(
             _ = sock.read(&mut probe) => return Ok(()),
         }
     }
+}
+
+/// Whether `object` passes the request's `fieldSelector`, as the API server filters lists
+/// and watches: only `spec.nodeName=NAME` (the pod field selector the agent once
+/// used) is understood; anything else is a test bug.
+fn selects(request: &Request, object: &Value) -> bool {
+    let Some(selector) = request.param("fieldSelector") else {
+        return true;
+    };
+    let selector = selector.replace("%3D", "=").replace("%2C", ",");
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some(("spec.nodeName", name)) => {
+            object["spec"]["nodeName"].as_str().unwrap_or_default() == name
+        }
+        _ => panic!("the fake API server does not understand fieldSelector {selector:?}"),
+    })
 }
 
 pub fn status_json(code: u16, reason: &str, message: &str) -> Value {

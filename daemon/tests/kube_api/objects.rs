@@ -153,12 +153,15 @@ pub fn bookmark(res: Res, rv: &str) -> Value {
     )
 }
 
-/// The model object for a served item, decoded as a client of the API would.
+/// The model object for a served item, decoded as a client of the API would, and a Pod cut
+/// down as the watcher stores it (`daemon::kube::trim`, whose own tests say what it keeps).
 pub fn model_object(res: Res, value: &Value) -> Object {
     let v = value.clone();
     let decoded = match res {
         Res::Namespaces => serde_json::from_value::<Namespace>(v).map(Object::from),
-        Res::Pods => serde_json::from_value::<Pod>(v).map(Object::from),
+        Res::Pods => {
+            serde_json::from_value::<Pod>(v).map(|p| Object::from(daemon::kube::trim::pod(p)))
+        }
         Res::Services => serde_json::from_value::<Service>(v).map(Object::from),
         Res::EndpointSlices => serde_json::from_value::<EndpointSlice>(v).map(Object::from),
         Res::NetworkPolicies => serde_json::from_value::<NetworkPolicy>(v).map(Object::from),
