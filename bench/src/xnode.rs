@@ -136,12 +136,18 @@ pub fn run(cfg: &Config, res: &mut Results) -> Result<Vec<String>> {
 }
 
 /// Checks a system before it is measured: its pods' MTU is `mtu` (and readies them for the
-/// load, [`prepare_pods_at`]) and the client pod reaches the server pod on the other node.
+/// load, [`prepare_pods_at`]) and the client pod reaches the server pod on the other node
+/// (within 10 s).
 fn ready(s: &dyn System, mtu: u32) -> Result<()> {
     prepare_pods_at(s.pods(), mtu)
         .and_then(|()| {
             let p = s.pods();
-            sh(p.client, &format!("ping -c 1 -W 5 {}", p.server_ip))
+            // Up to 10 s: an agent routes a peer within 2 s of its Node object appearing.
+            let ping = format!(
+                "for i in $(seq 10); do ping -c 1 -W 1 {} >/dev/null && exit 0; done; exit 1",
+                p.server_ip
+            );
+            sh(p.client, &ping)
                 .context("the client pod does not reach the server pod on the other node")
         })
         .with_context(|| s.name().to_string())?;
