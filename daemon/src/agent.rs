@@ -287,6 +287,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         s.tunnel_port,
         uplink_ifindex,
         uplink_mtu,
+        node_ip,
         &s.bpffs,
     )
     .await

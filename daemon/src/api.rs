@@ -127,7 +127,8 @@ pub struct RoutingStatus {
     pub peers: Vec<RoutedPeer>,
     /// Nodes not routed, with the reason.
     pub not_routed: Vec<NotRouted>,
-    /// Peer pod CIDRs another (not Sluice's) route already covers.
+    /// Peer pod CIDRs not routed, with the reason (another route covers them, or the
+    /// kernel refused Sluice's).
     pub route_conflicts: Vec<String>,
 }
 

@@ -97,8 +97,9 @@ pub fn peers(
         }
     }
 
-    // Then against each other: an overlap or an InternalIP inside another's pod CIDR
-    // refuses both sides.
+    // Then against each other: overlapping pod CIDRs refuse both Nodes; an InternalIP inside
+    // another Node's pod CIDR refuses the Node with that address. Pairwise, as clusters have
+    // hundreds of Nodes, not millions.
     let mut refused = vec![Vec::<String>::new(); candidates.len()];
     for (i, a) in candidates.iter().enumerate() {
         for (j, b) in candidates.iter().enumerate().skip(i + 1) {

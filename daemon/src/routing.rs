@@ -3,11 +3,12 @@
 //! after an agent restart and changed only where they differ:
 //!
 //! * the tunnel device ([`TUNNEL_DEVICE`], tunnel mode): a collect-metadata (`external`)
-//!   VXLAN device on `--tunnel-port`, no learning, `NOARP`, with the cluster-wide
-//!   [`peers::TUNNEL_MAC`] and the uplink's MTU less [`peers::TUNNEL_OVERHEAD`]. The datapath
+//!   VXLAN device on `--tunnel-port`, no learning, `NOARP`, with the MAC derived from the
+//!   node's address ([`peers::tunnel_mac`]) and the uplink's MTU less [`peers::TUNNEL_OVERHEAD`]. The datapath
 //!   sets each packet's tunnel key (remote node, VNI); the kernel does UDP/IP, checksums and
 //!   GSO. Removed when the agent runs in native mode, and by `--uninstall`;
-//! * the peers map (`SL_PEERS_V1`): each peer pod CIDR and its node's address;
+//! * the peers map (`SL_PEERS_V1`): each peer pod CIDR and each peer's own address (/32),
+//!   to the node's address;
 //! * one route per peer pod CIDR, with protocol [`RTPROT_SLUICE`] so the agent recognises its
 //!   own: `dev sluice_vxlan` (tunnel: the stack's packets, and the MTU the stack answers
 //!   "fragmentation needed" from) or `via InternalIP dev <uplink>` (native). Routes of other
@@ -45,7 +46,8 @@ const RT_TABLE_MAIN: u8 = 254;
 pub struct Status {
     pub peers: Vec<Peer>,
     pub problems: Vec<NodeProblem>,
-    /// Peer CIDRs another route already covers (not ours: left alone, not routed).
+    /// Peer CIDRs not routed, with the reason (another route covers them, or the kernel
+    /// refused the route, e.g. a native-mode next hop off the uplink's network).
     pub route_conflicts: Vec<String>,
 }
 
@@ -80,13 +82,17 @@ impl Routing {
         tunnel_port: u16,
         uplink_ifindex: u32,
         uplink_mtu: u32,
+        node_ip: Ipv4Addr,
         bpffs: &Path,
     ) -> anyhow::Result<Self> {
         let handle = connect().await?;
         let (tunnel_ifindex, tunnel_mtu) = match mode {
             RoutingMode::Tunnel => {
                 let mtu = uplink_mtu.saturating_sub(peers::TUNNEL_OVERHEAD);
-                (ensure_tunnel(&handle, tunnel_port, mtu).await?, mtu)
+                (
+                    ensure_tunnel(&handle, tunnel_port, mtu, node_ip).await?,
+                    mtu,
+                )
             }
             RoutingMode::Native => {
                 remove_tunnel(&handle).await?;
@@ -141,13 +147,22 @@ impl Routing {
             .iter()
             .flat_map(|peer| peer.pod_cidrs.iter().map(|c| (*c, peer.address)))
             .collect();
+        // The map also holds each peer's own address (/32, to itself): a pod's packet to
+        // another node (e.g. a NodePort backend's reply to the node that translated the
+        // client to itself) keeps the pod's address and takes the same path as pod traffic.
+        let mut want_map = want.clone();
+        for peer in &p.peers {
+            want_map
+                .entry(Ipv4Network::from(peer.address))
+                .or_insert(peer.address);
+        }
 
         // Routes first for a new peer (its packets need the map only once it routes), map
         // first for a removed one: either order leaves no packet without both.
         let stale: Vec<Ipv4Network> = self
             .written
             .iter()
-            .filter(|(c, a)| want.get(c) != Some(a))
+            .filter(|(c, a)| want_map.get(c) != Some(a))
             .map(|(c, _)| *c)
             .collect();
         for c in stale {
@@ -159,7 +174,12 @@ impl Routing {
             tracing::info!(cidr = %c, "peer pod CIDR removed");
         }
         let conflicts = self.sync_routes(&want).await?;
-        for (c, a) in &want {
+        for c in &conflicts {
+            if !self.status.route_conflicts.contains(c) {
+                tracing::warn!(problem = %c, "peer pod CIDR not routed");
+            }
+        }
+        for (c, a) in &want_map {
             if self.written.get(c) == Some(a) {
                 continue;
             }
@@ -177,8 +197,8 @@ impl Routing {
         Ok(())
     }
 
-    /// Makes the routes of protocol [`RTPROT_SLUICE`] exactly `want`; returns the CIDRs that
-    /// another (not Sluice's) route already holds.
+    /// Makes the routes of protocol [`RTPROT_SLUICE`] exactly `want`; returns the CIDRs left
+    /// unrouted and why (another route holds them, or the kernel refused ours).
     async fn sync_routes(
         &self,
         want: &BTreeMap<Ipv4Network, Ipv4Addr>,
@@ -213,17 +233,18 @@ impl Routing {
                 Some(gw) => b.gateway(gw),
                 None => b.scope(RouteScope::Link),
             };
+            // A route the kernel refuses is this peer's problem, not every peer's: it is
+            // reported (logged once) and the others are still routed.
             match self.handle.route().add(b.build()).execute().await {
                 Ok(()) => {}
                 Err(rtnetlink::Error::NetlinkError(m))
                     if m.code.map(|c| -c.get()) == Some(libc::EEXIST) =>
                 {
-                    tracing::warn!(cidr = %net, "a route that is not Sluice's already covers this peer pod CIDR; left alone");
-                    conflicts.push(net.to_string());
+                    conflicts.push(format!(
+                        "{net}: a route that is not Sluice's already covers it (left alone)"
+                    ));
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("add route {net} for node {addr}"))
-                }
+                Err(e) => conflicts.push(format!("{net} via node {addr}: {e}")),
             }
         }
         Ok(conflicts)
@@ -344,13 +365,14 @@ fn is_our_tunnel(m: &LinkMessage, port: u16) -> bool {
 
 /// Creates the tunnel device, or adopts the one an earlier agent made (same port); returns
 /// its ifindex. A device of that name that is not ours to adopt is replaced.
-async fn ensure_tunnel(h: &Handle, port: u16, mtu: u32) -> anyhow::Result<u32> {
+async fn ensure_tunnel(h: &Handle, port: u16, mtu: u32, node_ip: Ipv4Addr) -> anyhow::Result<u32> {
+    let mac = peers::tunnel_mac(node_ip.octets()).to_vec();
     if let Some(m) = link(h, TUNNEL_DEVICE).await? {
         if is_our_tunnel(&m, port) {
             let idx = m.header.index;
             let msg = LinkUnspec::new_with_index(idx)
                 .mtu(mtu)
-                .address(peers::TUNNEL_MAC.to_vec())
+                .address(mac.clone())
                 .arp(false)
                 .up()
                 .build();
@@ -378,7 +400,7 @@ async fn ensure_tunnel(h: &Handle, port: u16, mtu: u32) -> anyhow::Result<u32> {
         .learning(false)
         .collect_metadata(true)
         .mtu(mtu)
-        .address(peers::TUNNEL_MAC.to_vec())
+        .address(mac.clone())
         .arp(false)
         .up()
         .build();

@@ -2,8 +2,8 @@
 //!
 //! [`to_peer`] sends a packet whose destination lies in another node's pod CIDR (`SL_PEERS_V1`)
 //! to that node, as a router hop (TTL-1): in tunnel mode it sets the VXLAN tunnel key (remote =
-//! the peer's address, VNI [`peers::TUNNEL_VNI`]) and redirects into the node's
-//! collect-metadata VXLAN device, which adds the outer headers; in native mode it redirects
+//! the peer's address, VNI [`peers::TUNNEL_VNI`]) and the inner MACs ([`peers::tunnel_mac`]),
+//! and redirects into the node's collect-metadata VXLAN device, which adds the outer headers; in native mode it redirects
 //! out of the uplink with the peer's address as next hop (`bpf_redirect_neigh`, kernel ≥
 //! 5.11), the kernel resolving its MAC. A packet bigger than the tunnel MTU is left to the
 //! stack: its route through the tunnel device has that MTU, so the sender gets ICMP
@@ -75,8 +75,8 @@ fn try_to_peer(ctx: &TcContext, daddr: [u8; 4]) -> Result<i32, i32> {
         let eth = ptr_at::<EthHdr>(ctx, 0).ok_or_else(|| drop(ctx, metrics::DROP_INVALID))?;
         // SAFETY: `ptr_at` checked that the header lies within the packet.
         unsafe {
-            (*eth).dst = peers::TUNNEL_MAC;
-            (*eth).src = peers::TUNNEL_MAC;
+            (*eth).dst = peers::tunnel_mac(node);
+            (*eth).src = peers::tunnel_mac(cfg.node_ip4);
         }
         count(metrics::FWD_REMOTE_NODE, ctx.len());
         // SAFETY: a BPF helper with no memory preconditions.
@@ -245,5 +245,10 @@ fn try_tun_egress(ctx: &TcContext) -> Result<i32, i32> {
         return Err(drop(ctx, metrics::DROP_NO_PEER));
     };
     set_tunnel_key(ctx, node)?;
+    // The stack addressed the frame to this device's own MAC (the neighbour of a NOARP
+    // device): address it to the receiving node's device instead.
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(TC_ACT_UNSPEC)?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
+    unsafe { (*eth).dst = peers::tunnel_mac(node) };
     Ok(TC_ACT_UNSPEC)
 }

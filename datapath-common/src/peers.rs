@@ -1,7 +1,8 @@
 //! `SL_PEERS_V1`: the pod CIDRs of the cluster's other nodes, an LPM trie written by the agent
 //! (from `daemon::nodes::peers`) and read by the TC programs: a destination in a peer's pod
 //! CIDR is sent to that node (VXLAN to its address in tunnel mode, routed via it in native
-//! mode) and is never masqueraded.
+//! mode) and is never masqueraded. Each peer's own address is an entry too (a /32 to
+//! itself): a pod's traffic to another node keeps the pod's address and the same path.
 //!
 //! Key: the LPM header's prefix length, then an [`IpKey`] (family tag and padding, then the
 //! address), so a CIDR of prefix `p` has prefix length `32 + p` ([`KEY_PREFIX_BIAS`]) and an
@@ -17,11 +18,14 @@ pub const KEY_PREFIX_BIAS: u32 = 32;
 
 /// The fixed VXLAN network identifier of the tunnel (one overlay per cluster).
 pub const TUNNEL_VNI: u32 = 1;
-/// The MAC address of every node's tunnel device. The same on every node: a frame sent into
-/// the tunnel carries it as the inner destination, so the receiving device takes it as its
-/// own (`PACKET_HOST`) whichever node sent it; the device is `NOARP`, so the stack resolves
-/// every neighbour on it to this address too. Locally administered.
-pub const TUNNEL_MAC: [u8; 6] = [0x02, 0x53, 0x4c, 0x00, 0x00, 0x01];
+/// The MAC address of the tunnel device of the node at `node` (IPv4, network order):
+/// locally administered, `02:53:` and the address. Every node knows every peer's: a frame
+/// sent into the tunnel carries the receiving device's own address as its inner destination
+/// (so the kernel takes it as `PACKET_HOST`) and the sending device's as its source (the
+/// receiver drops a frame from its own address as a loop).
+pub const fn tunnel_mac(node: [u8; 4]) -> [u8; 6] {
+    [0x02, 0x53, node[0], node[1], node[2], node[3]]
+}
 /// The VXLAN overhead the tunnel MTU leaves for: outer IPv4 (20) + UDP (8) + VXLAN (8) +
 /// inner Ethernet (14).
 pub const TUNNEL_OVERHEAD: u32 = 50;
@@ -71,5 +75,6 @@ mod tests {
         assert_eq!(prefix_len_v4(24), 56);
         assert_eq!(prefix_len_v4(32), 64);
         assert_eq!(Value::v4([192, 0, 2, 3]).node.as_v4(), Some([192, 0, 2, 3]));
+        assert_eq!(tunnel_mac([192, 0, 2, 3]), [2, 0x53, 192, 0, 2, 3]);
     }
 }

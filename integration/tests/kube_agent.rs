@@ -515,3 +515,54 @@ fn kube_agent_policy_peer_on_another_node() {
     let other_port = trace(&c.node, client_ip, &to, "9090/TCP").expect("trace");
     assert_eq!(other_port["allowed"], false, "{other_port}");
 }
+
+/// Test that an agent following the API server whose Node has no pod CIDR yet (the node IPAM
+/// controller has not got to it) waits, saying so once, instead of exiting, and gets ready
+/// with the pod CIDR the Node gets later through a watch event.
+#[test]
+fn kube_agent_waits_for_its_node_pod_cidr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut node = Node::new(NodeOptions {
+        pod_cidr: None,
+        agent_args: vec!["--kubeconfig".into(), kubeconfig.display().to_string()],
+        start_agent: false,
+        ..NodeOptions::default()
+    });
+    let mut booting = node_object();
+    booting["spec"] = json!({});
+    let mut api = Api::start(&node.node, &kubeconfig, vec![(Res::Nodes, vec![booting])]);
+    let log = node.path("agent.log");
+    let conflist = node.conflist_path();
+    // start_agent returns once the agent is ready: the Node gets its CIDR from here.
+    let controller = std::thread::spawn(move || {
+        let deadline = Instant::now() + EVENT_DEADLINE * 4;
+        let needle = "waiting for Node \"node-1\" to get a pod CIDR";
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            assert!(Instant::now() < deadline, "the agent never said {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let early = conflist.exists();
+        api.apply(Res::Nodes, node_object());
+        (api, early)
+    });
+    node.start_agent();
+    let (api, early) = controller.join().expect("the node controller thread");
+    assert!(
+        !early,
+        "the CNI config was written before the Node had a pod CIDR"
+    );
+    let status = node.sluicectl_json(&["status"]);
+    assert_eq!(status["podCidrs"], json!([DEFAULT_POD_CIDR]), "{status}");
+    let waits = node
+        .agent_log()
+        .lines()
+        .filter(|l| l.contains("waiting for Node"))
+        .count();
+    assert_eq!(waits, 1, "{}", node.agent_log());
+    drop(node);
+    drop(api);
+}

@@ -68,7 +68,8 @@ fn hop(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 }
 
 /// Test that in tunnel mode a pod's packet to another node's pod is redirected (into the
-/// tunnel device) with the TTL decremented, the inner MACs set to the tunnel's, and counted
+/// tunnel device) with the TTL decremented, the inner MACs set to the two nodes' tunnel
+/// devices' (to the peer's, from this node's), and counted
 /// as fwd:remote-node.
 #[test]
 fn from_pod_remote_pod_tunnel_redirects_with_ttl_minus_one() {
@@ -79,7 +80,11 @@ fn from_pod_remote_pod_tunnel_redirects_with_ttl_minus_one() {
     assert_out(
         &r,
         TC_ACT_REDIRECT,
-        &hop(&frame, peers::TUNNEL_MAC, peers::TUNNEL_MAC),
+        &hop(
+            &frame,
+            peers::tunnel_mac(PEER_NODE),
+            peers::tunnel_mac(NODE_IP),
+        ),
     );
     dp.assert_counted(&before, &[("fwd:remote-node", 1, frame.len())]);
 }
@@ -140,11 +145,25 @@ fn uplink_egress_never_masquerades_to_peer_cidr() {
     assert_eq!(src_ip(&r.frame), NODE_IP, "the outside sees the node");
 }
 
+/// Test that with a peer's own address in the peers map (as the agent writes it), a pod's
+/// packet to that node (a NodePort backend answering the node that translated the client to
+/// itself) is not masqueraded.
+#[test]
+fn uplink_egress_never_masquerades_to_peer_node() {
+    let mut dp = cluster(peers::ROUTING_NATIVE, config::FLAG_MASQUERADE);
+    dp.add_peer(PEER_NODE, 32, PEER_NODE);
+    let reply = tcp_frame(true, (POD_B, 8080), (PEER_NODE, 1500), TCP_SYN | TCP_ACK);
+    let r = dp.run(UPLINK_EGRESS, &reply, LO_IFINDEX);
+    assert_out(&r, TC_ACT_UNSPEC, &reply);
+    assert!(dp.nat(datapath_common::nat::MAP_NAME).is_empty());
+}
+
 /// A frame as the tunnel device hands it up after decapsulation: the inner MACs the sender
-/// set (the tunnel's), from another node's pod to `dst`.
+/// set (to this node's device, from the peer's), from another node's pod to `dst`.
 fn from_tunnel(dst: [u8; 4], l4: &[u8], proto: u8) -> Vec<u8> {
     let ip = ipv4(Ip::new(REMOTE_POD, dst, proto), l4);
-    ethernet(peers::TUNNEL_MAC, peers::TUNNEL_MAC, ETH_P_IP, &ip)
+    let (to, from) = (peers::tunnel_mac(NODE_IP), peers::tunnel_mac(PEER_NODE));
+    ethernet(to, from, ETH_P_IP, &ip)
 }
 
 /// Test that the tunnel device's ingress delivers another node's pod's packet into the local
@@ -193,14 +212,19 @@ fn uplink_ingress_native_delivers_to_local_pod() {
     );
 }
 
-/// Test that the tunnel device's egress gives a packet for a peer's pod a tunnel key (passes
-/// it on unchanged) and drops, counted, one for no peer.
+/// Test that the tunnel device's egress gives a packet for a peer's pod a tunnel key and the
+/// peer device's MAC as destination, and drops, counted, one for no peer.
 #[test]
 fn tunnel_egress_keys_peer_and_drops_unknown() {
     let dp = cluster(peers::ROUTING_TUNNEL, 0);
-    let to_peer = tcp_frame(true, (NODE_IP, 40000), (REMOTE_POD, 80), TCP_SYN);
+    let own = peers::tunnel_mac(NODE_IP);
+    let seg = syn((NODE_IP, 40000), (REMOTE_POD, 80));
+    let ip = ipv4(Ip::new(NODE_IP, REMOTE_POD, IPPROTO_TCP), &seg);
+    // The stack's frame: to and from this device's own MAC (NOARP).
+    let to_peer = ethernet(own, own, ETH_P_IP, &ip);
     let r = dp.run(TUNNEL_EGRESS, &to_peer, LO_IFINDEX);
-    assert_out(&r, TC_ACT_UNSPEC, &to_peer);
+    let want = ethernet(peers::tunnel_mac(PEER_NODE), own, ETH_P_IP, &ip);
+    assert_out(&r, TC_ACT_UNSPEC, &want);
     let nowhere = tcp_frame(true, (NODE_IP, 40000), (WORLD, 80), TCP_SYN);
     let before = dp.counters();
     let r = dp.run(TUNNEL_EGRESS, &nowhere, LO_IFINDEX);

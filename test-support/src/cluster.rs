@@ -96,6 +96,8 @@ pub struct ClusterNode {
     pub dir: tempfile::TempDir,
     /// This node's cgroup (the agent's --cgroup-root), under the cluster's.
     pub cgroup: PathBuf,
+    /// When its Node object was written (for reporting how soon the others route it).
+    pub published: Instant,
     agent: Option<Child>,
 }
 
@@ -607,6 +609,7 @@ impl Cluster {
             ns,
             dir,
             cgroup,
+            published: Instant::now(),
             agent: None,
         }));
         let bpf = self.node(i).bpffs();
@@ -621,6 +624,7 @@ impl Cluster {
         self.write_manifest(&format!("node-node{i}.json"), &Self::node_object(i));
         let dir = self.manifests.path().to_path_buf();
         let n = self.nodes[i - 1].as_mut().expect("just made");
+        n.published = Instant::now();
         n.spawn_agent(&dir, &self.opts);
         i
     }

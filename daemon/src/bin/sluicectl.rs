@@ -193,7 +193,7 @@ fn main() -> anyhow::Result<()> {
                 println!("  NOT ROUTED {}: {}", n.node, n.reason);
             }
             for c in &r.route_conflicts {
-                println!("  NOT ROUTED {c}: another route (not Sluice's) covers it");
+                println!("  NOT ROUTED {c}");
             }
             if !s.pods_outside_pod_cidr.is_empty() {
                 println!(

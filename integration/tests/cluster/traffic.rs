@@ -14,7 +14,8 @@ use test_support::Netns;
 
 /// serve-tcp PORT NAME: every connection is read to EOF and answered with
 /// "NAME PEER_IP LEN SHA256"; serve-udp PORT NAME: every datagram is answered "NAME PEER_IP".
-/// tcp HOST PORT LEN [PACE_MS]: sends LEN pseudo-random bytes (64 KiB chunks, PACE_MS apart),
+/// tcp HOST PORT LEN PACE_MS WAIT_S: connects (given WAIT_S seconds), sends LEN pseudo-random
+/// bytes (64 KiB chunks, PACE_MS apart),
 /// prints the server's answer then " | LEN SHA256" of what it sent; udp HOST PORT: prints the
 /// answer. Exit 1 with "error: …" when anything fails.
 const TOOL: &str = r#"
@@ -43,8 +44,8 @@ def serve_udp(port, name):
     print("ready", flush=True)
     while True:
         _, a = s.recvfrom(2048); s.sendto(f"{name} {a[0]}".encode(), a)
-def tcp(host, port, n, pace):
-    s = socket.create_connection((host, port), timeout=3); s.settimeout(60)
+def tcp(host, port, n, pace, wait):
+    s = socket.create_connection((host, port), timeout=wait); s.settimeout(60)
     h = hashlib.sha256(); sent = 0; rnd = os.urandom(1 << 16)
     while sent < n:
         b = rnd[: min(len(rnd), n - sent)]; s.sendall(b); h.update(b); sent += len(b)
@@ -70,7 +71,7 @@ try:
     m, a = sys.argv[1], sys.argv[2:]
     if m == "serve-tcp": serve_tcp(int(a[0]), a[1])
     elif m == "serve-udp": serve_udp(int(a[0]), a[1])
-    elif m == "tcp": tcp(a[0], int(a[1]), int(a[2]), int(a[3]) if len(a) > 3 else 0)
+    elif m == "tcp": tcp(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]))
     elif m == "udp": udp(a[0], int(a[1]))
 except Exception as e:
     print(f"error: {e!r}"); sys.exit(1)
@@ -139,13 +140,28 @@ pub fn pod_cmd(pod: &ClusterPod, from: Via) -> Command {
     }
 }
 
+/// How long a client waits for a connection that should succeed (a lost SYN is resent at 1 s).
+pub const CONNECT: Duration = Duration::from_secs(3);
+
 /// Runs the TCP client `cmd` (a python3 command) sending `len` bytes to `host:port`.
 pub fn tcp_with(
+    cmd: Command,
+    host: &str,
+    port: u16,
+    len: u64,
+    pace_ms: u64,
+) -> Result<TcpAnswer, String> {
+    tcp_within(cmd, host, port, len, pace_ms, CONNECT)
+}
+
+/// [`tcp_with`], giving the connection `wait` to be made.
+pub fn tcp_within(
     mut cmd: Command,
     host: &str,
     port: u16,
     len: u64,
     pace_ms: u64,
+    wait: Duration,
 ) -> Result<TcpAnswer, String> {
     let out = cmd
         .args([
@@ -156,6 +172,7 @@ pub fn tcp_with(
             &port.to_string(),
             &len.to_string(),
             &pace_ms.to_string(),
+            &wait.as_secs_f64().to_string(),
         ])
         .stdin(Stdio::null())
         .output()

@@ -147,3 +147,68 @@ fn trim_pod_minimal_stays_minimal() {
         })
     );
 }
+
+/// Test that NetworkPolicy compiles the same from trimmed Pods as from the Pods served: a
+/// local pod isolated by a policy whose peer is the served pod of another node (by labels,
+/// on its named sidecar port and a named container port), and the remote pod's address in
+/// its rules either way.
+#[test]
+fn trim_pod_compiles_same_policy() {
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+
+    use crate::model::{ClusterState, Object};
+    use crate::policy::{compile, LocalNode, PodRef};
+
+    let mut remote = served();
+    remote["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deletionTimestamp");
+    let local = json!({
+        "metadata": {"name": "db-0", "namespace": "shop", "labels": {"app": "db"}},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "db", "image": "pg:16",
+                 "ports": [{"name": "pg", "containerPort": 5432, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}]},
+    });
+    let policy = json!({
+        "metadata": {"name": "db-from-web", "namespace": "shop"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                         "ports": [{"protocol": "TCP", "port": "pg"}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                        "ports": [{"protocol": "TCP", "port": "admin"},
+                                  {"protocol": "TCP", "port": "http"}]}],
+        },
+    });
+    let state = |trim: bool| {
+        let mut s = ClusterState::new();
+        for pod in [remote.clone(), local.clone()] {
+            let pod: Pod = serde_json::from_value(pod).expect("a valid Pod");
+            let pod = if trim { super::pod(pod) } else { pod };
+            s.apply(Object::Pod(pod)).expect("named");
+        }
+        let np = serde_json::from_value(policy.clone()).expect("a valid NetworkPolicy");
+        s.apply(Object::NetworkPolicy(np)).expect("named");
+        s
+    };
+    let local_pods: BTreeMap<(String, String), IpAddr> = BTreeMap::new();
+    let node = LocalNode {
+        node_name: "node-a",
+        node_ips: &[],
+        local_pods: &local_pods,
+    };
+    let served_set = compile(&state(false), &node);
+    let trimmed_set = compile(&state(true), &node);
+    assert_eq!(served_set, trimmed_set);
+    let db = trimmed_set
+        .endpoint(&PodRef::new("shop", "db-0"))
+        .expect("db-0 is compiled");
+    let rules = format!("{db:?}");
+    assert!(
+        rules.contains("10.244.1.7"),
+        "the remote pod is not a peer: {rules}"
+    );
+}
