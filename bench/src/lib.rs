@@ -13,7 +13,8 @@
 //! timing, [`svc`] the Service scenarios, their two systems and the rules kube-proxy writes,
 //! [`policy`] the NetworkPolicy scenarios, their manifests, systems and probe, [`manifests`]
 //! the standalone manifest reader idle with 10,000 files, [`remote_pods`] the agent's memory
-//! in API mode with 5,000 pods of other nodes, [`run`] rounds
+//! in API mode with 5,000 pods of other nodes, [`xnode`] pod to pod across two simulated
+//! nodes (Sluice's tunnel and native routing, plain routes, flannel), [`run`] rounds
 //! and rotation, [`report`] the table and JSON, [`targets`] the issues' targets judged,
 //! [`saved`] the result files written, and read back for a partial run to merge into, [`svg`]
 //! the picture, [`machine`] what it ran on.
@@ -33,6 +34,7 @@ pub mod svc;
 pub mod svg;
 pub mod targets;
 pub mod topo;
+pub mod xnode;
 
 use std::fmt;
 

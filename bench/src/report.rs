@@ -3,9 +3,10 @@
 //! figure is the median of its runs, with min and max; ratios are a system's median over its
 //! baseline's ([`RATIOS`]: mostly Sluice over the others; `sluice-nosockmap`, Sluice without
 //! socket acceleration, is a baseline too, and for the NetworkPolicy scenarios each Sluice
-//! system is set against itself without policies). The tables come in three groups (pod to
-//! pod and CNI, Services, NetworkPolicy), each with the system and ratio columns its records
-//! have.
+//! system is set against itself without policies; across nodes, Sluice's native routing
+//! against plain routes and its tunnel against flannel). The tables come in four groups (pod
+//! to pod and CNI, Services, NetworkPolicy, cross-node), each with the system and ratio
+//! columns its records have.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,7 @@ use super::{hist::Histogram, run::SCENARIOS};
 /// Systems in the order of the table's columns. `iptables` (kube-proxy's iptables mode on the
 /// bridge CNI) is in the Service scenarios only; the `-nopolicy` systems and `sluice-empty` in
 /// the NetworkPolicy ones.
-pub const SYSTEMS: [&str; 8] = [
+pub const SYSTEMS: [&str; 12] = [
     "sluice",
     "sluice-nopolicy",
     "sluice-nosockmap",
@@ -26,9 +27,13 @@ pub const SYSTEMS: [&str; 8] = [
     "veth",
     "bridge",
     "iptables",
+    "sluice-tunnel",
+    "sluice-native",
+    "routed",
+    "flannel",
 ];
 /// The ratio columns, (system, baseline): the system's median over the baseline's.
-pub const RATIOS: [(&str, &str); 7] = [
+pub const RATIOS: [(&str, &str); 9] = [
     ("sluice", "veth"),
     ("sluice", "bridge"),
     ("sluice", "sluice-nosockmap"),
@@ -36,6 +41,8 @@ pub const RATIOS: [(&str, &str); 7] = [
     ("sluice", "sluice-nopolicy"),
     ("sluice-nosockmap", "sluice-nosockmap-nopolicy"),
     ("sluice", "sluice-empty"),
+    ("sluice-native", "routed"),
+    ("sluice-tunnel", "flannel"),
 ];
 /// One figure of one scenario, with every run's value per system.
 pub struct Record {
@@ -91,6 +98,8 @@ pub struct Results {
 fn group(scenario: &str) -> u8 {
     if scenario.starts_with("svc-") {
         1
+    } else if scenario.starts_with("xnode-") {
+        3
     } else if scenario.starts_with("policy-")
         || scenario.starts_with("agent-rss-")
         || scenario.starts_with("manifests-")
@@ -288,7 +297,7 @@ impl Results {
     /// The tables for the terminal, columns aligned, a blank line between groups.
     pub fn table(&self) -> String {
         let mut tables = Vec::new();
-        for g in 0..3 {
+        for g in 0..4 {
             let rows = self.rows(g);
             if rows.is_empty() {
                 continue;
@@ -323,7 +332,7 @@ impl Results {
     /// The same tables in Markdown.
     pub fn markdown(&self) -> String {
         let mut tables = Vec::new();
-        for g in 0..3 {
+        for g in 0..4 {
             let rows = self.rows(g);
             let mut out = String::new();
             for (i, r) in rows.iter().enumerate() {

@@ -3,7 +3,8 @@
 //! (S N V B, N V B S, …; A/B/A/B for the socket acceleration scenarios, which measure only the
 //! two Sluice systems) so that drift on the machine hits every system alike; then the Service
 //! scenarios on their own two systems ([`super::svc`], S I, I S, …), then the NetworkPolicy
-//! scenarios on theirs ([`super::policy`]); then print and write the results. A run `--only`
+//! scenarios on theirs ([`super::policy`]), then the cross-node ones ([`super::xnode`]); then
+//! print and write the results. A run `--only`
 //! some scenarios merges its records into the existing results ([`super::saved::write`]).
 
 use std::{path::PathBuf, time::Instant};
@@ -17,10 +18,10 @@ use super::{
     report::{num, Results},
     svc,
     topo::{Bridge, Sluice, System, Veth},
-    Context as _, Error, Result,
+    xnode, Context as _, Error, Result,
 };
 
-pub const SCENARIOS: [&str; 26] = [
+pub const SCENARIOS: [&str; 29] = [
     "pod-pod-rr-1b",
     "pod-pod-rr-1k",
     "pod-pod-crr",
@@ -47,6 +48,9 @@ pub const SCENARIOS: [&str; 26] = [
     "agent-rss-policies",
     "manifests-idle-10k",
     "agent-rss-remote-pods",
+    "xnode-rr-1b",
+    "xnode-crr",
+    "xnode-stream",
 ];
 
 /// A `sluice-load` scenario.
@@ -181,7 +185,7 @@ pub const USAGE: &str = "usage: sluice-bench [--quick] [--rounds N] [--seconds S
                  sockmap-rr-1k-64conn sockmap-loopback-rr-1b sockmap-rr-1b-1conn-unpinned
                  sockmap-loopback-rr-1b-unpinned sockmap-stream cni-add cni-del cni-add-parallel-100 svc-crr-10 svc-crr-1000 svc-crr-10000 svc-rr-10000
                  svc-program-10000 policy-rr-1b policy-stream policy-apply agent-rss-policies
-                 manifests-idle-10k agent-rss-remote-pods;
+                 manifests-idle-10k agent-rss-remote-pods xnode-rr-1b xnode-crr xnode-stream;
                  the records measured replace those of the same scenarios in the existing
                  results, the others are kept
   --results-dir  where the JSON, SVG and Markdown go (default bench/results)
@@ -284,6 +288,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             || policy::SCENARIOS.contains(s)
             || manifests::SCENARIOS.contains(s)
             || remote_pods::SCENARIOS.contains(s)
+            || xnode::SCENARIOS.contains(s)
     };
     if SCENARIOS.iter().any(|s| !elsewhere(s) && cfg.wants(s)) {
         counters = pod_scenarios(cfg, &mut res)?;
@@ -292,6 +297,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     counters.extend(policy::run(cfg, &mut res)?);
     counters.extend(manifests::run(cfg, &mut res)?);
     counters.extend(remote_pods::run(cfg, &mut res)?);
+    counters.extend(xnode::run(cfg, &mut res)?);
     let elapsed = started.elapsed();
     let summary = format!(
         "{machine}\nsluice agent flags: {} (sluice-nosockmap: the same and --sockmap=false)\n\
@@ -601,9 +607,11 @@ pub fn leftovers() -> Vec<String> {
     rd.filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| {
-            ["sln", "slo", "slp", "slbv", "slbn", "slbp"]
-                .iter()
-                .any(|p| n.strip_prefix(p).is_some_and(|r| r.starts_with(&tag)))
+            [
+                "sln", "slo", "slp", "slu", "slbv", "slbn", "slbp", "slxu", "slxn", "slxp",
+            ]
+            .iter()
+            .any(|p| n.strip_prefix(p).is_some_and(|r| r.starts_with(&tag)))
         })
         .collect()
 }

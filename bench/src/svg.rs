@@ -24,6 +24,10 @@ fn color(system: &str) -> &'static str {
         "veth" => "#6b6b6b",
         "bridge" => "#e07b00",
         "iptables" => "#8e44ad",
+        "sluice-tunnel" => "#1f6fd1",
+        "sluice-native" => "#17a589",
+        "routed" => "#6b6b6b",
+        "flannel" => "#e07b00",
         _ => "#aa2222",
     }
 }

@@ -18,6 +18,11 @@ const POLICY_APPLY_P99_S: f64 = 1.0;
 const SVC_SCALE: f64 = 0.95;
 const SVC_RATE: f64 = 2.0;
 const SVC_P99: f64 = 0.5;
+/// Cross-node targets (issue 18): native routing at least this share of plain routes; the
+/// tunnel at least this many times flannel on request/response and on the stream.
+const XNODE_NATIVE: f64 = 0.95;
+const XNODE_TUNNEL_RR: f64 = 1.1;
+const XNODE_TUNNEL_STREAM: f64 = 1.0;
 
 impl Results {
     /// The issue's targets, each with whether this run met it (reported, never asserted).
@@ -89,6 +94,7 @@ impl Results {
             }
         }
         out.extend(self.policy_targets());
+        out.extend(self.xnode_targets());
         out
     }
 }
@@ -148,6 +154,36 @@ impl Results {
                 num(empty),
                 verdict(removed <= 2.0 * empty)
             ));
+        }
+        out
+    }
+
+    /// Across nodes (issue 18): `sluice-native` against plain routes, `sluice-tunnel` against
+    /// flannel, on the RR and CRR rates and the stream's throughput (CRR without target).
+    fn xnode_targets(&self) -> Vec<String> {
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let mut out = Vec::new();
+        for (scenario, metric) in [
+            ("xnode-rr-1b", "rate"),
+            ("xnode-crr", "rate"),
+            ("xnode-stream", "throughput"),
+        ] {
+            for (s, b) in [("sluice-native", "routed"), ("sluice-tunnel", "flannel")] {
+                let Some(x) = self.ratio_of(scenario, metric, s, b) else {
+                    continue;
+                };
+                let want = match (s, scenario) {
+                    (_, "xnode-crr") => None,
+                    ("sluice-native", _) => Some(XNODE_NATIVE),
+                    (_, "xnode-stream") => Some(XNODE_TUNNEL_STREAM),
+                    _ => Some(XNODE_TUNNEL_RR),
+                };
+                let line = format!("{scenario} {metric}: {s}/{b} = {x:.3}");
+                out.push(match want {
+                    Some(w) => format!("{line} (target ≥ {w}) {}", verdict(x >= w)),
+                    None => format!("{line} (no target)"),
+                });
+            }
         }
         out
     }
@@ -233,5 +269,53 @@ mod tests {
         assert!(!headers[0].contains("nopolicy"), "{}", headers[0]);
         assert!(headers[1].contains("sluice-nosockmap/sluice-nosockmap-nopolicy"));
         assert!(!headers[1].contains("veth"), "{}", headers[1]);
+    }
+
+    /// Test that the cross-node records are judged as issue 18 says (native against routed at
+    /// 0.95, tunnel against flannel at 1.1 on RR and 1.0 on the stream, CRR without target)
+    /// and get a table of their own with their four systems and two ratios.
+    #[test]
+    fn xnode_targets_and_their_own_table() {
+        let mut r = Results::default();
+        for (system, rr, crr, stream) in [
+            ("sluice-tunnel", 105.0, 50.0, 10.0),
+            ("sluice-native", 96.0, 50.0, 9.0),
+            ("routed", 100.0, 50.0, 10.0),
+            ("flannel", 100.0, 40.0, 10.0),
+        ] {
+            r.add("xnode-rr-1b", "rate", "req/s", true, system, rr);
+            r.add("xnode-crr", "rate", "conn/s", true, system, crr);
+            r.add("xnode-stream", "throughput", "Gbit/s", true, system, stream);
+        }
+        r.add("pod-pod-rr-1b", "rate", "req/s", true, "sluice", 1.0);
+        let t = r.targets();
+        let find = |s: &str| t.iter().find(|l| l.starts_with(s)).cloned();
+        let line = |s: &str| find(s).unwrap_or_else(|| panic!("no {s:?} in {t:?}"));
+        assert!(
+            line("xnode-rr-1b rate: sluice-native/routed = 0.960 (target ≥ 0.95)").ends_with("met")
+        );
+        assert!(
+            line("xnode-rr-1b rate: sluice-tunnel/flannel = 1.050 (target ≥ 1.1)")
+                .ends_with("MISSED")
+        );
+        assert!(line("xnode-stream throughput: sluice-native/routed = 0.900").ends_with("MISSED"));
+        assert!(
+            line("xnode-stream throughput: sluice-tunnel/flannel = 1.000 (target ≥ 1)")
+                .ends_with("met")
+        );
+        assert!(line("xnode-crr rate: sluice-tunnel/flannel = 1.250").ends_with("(no target)"));
+        let table = r.table();
+        let headers: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("scenario"))
+            .collect();
+        assert_eq!(headers.len(), 2, "{table}");
+        let x = headers[1];
+        assert!(
+            x.contains("sluice-native/routed") && x.contains("sluice-tunnel/flannel"),
+            "{x}"
+        );
+        assert!(!x.contains("veth") && !x.contains("sluice median"), "{x}");
+        assert!(!headers[0].contains("flannel"), "{}", headers[0]);
     }
 }

@@ -34,7 +34,7 @@ use super::{cni::CniPlugin, Context as _, Error, Result};
 pub const MTU: u32 = 1500;
 /// The bridge node's pod CIDR: the same as the Sluice node's.
 const BRIDGE_POD_CIDR: &str = test_support::node::DEFAULT_POD_CIDR;
-const CNI_BIN_DIR: &str = "/usr/lib/cni";
+pub(super) const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
 /// The client and server pod of a system.
 pub struct Pods<'a> {
@@ -72,13 +72,18 @@ pub trait System {
 /// ports and use the whole port range (tens of thousands of short connections a run), the
 /// same in every system.
 pub(super) fn prepare_pods(pods: Pods<'_>) -> Result<()> {
+    prepare_pods_at(pods, MTU)
+}
+
+/// [`prepare_pods`] for pods whose eth0 must have MTU `want` (an overlay's pods have less).
+pub(super) fn prepare_pods_at(pods: Pods<'_>, want: u32) -> Result<()> {
     for ns in [pods.client, pods.server] {
         // Through netlink: /sys under nsenter still shows the root namespace's interfaces.
         let link = sh(ns, "ip -o link show dev eth0")?;
-        let mtu = link.split_whitespace().skip_while(|w| *w != "mtu").nth(1);
-        if mtu != Some(MTU.to_string().as_str()) {
+        let have = link.split_whitespace().skip_while(|w| *w != "mtu").nth(1);
+        if have != Some(want.to_string().as_str()) {
             return Err(Error::msg(format!(
-                "eth0 in {} has MTU {mtu:?}, the benchmark compares at {MTU}",
+                "eth0 in {} has MTU {have:?}, the benchmark compares at {want}",
                 ns.name
             )));
         }
@@ -273,7 +278,7 @@ pub struct Bridge {
 
 /// The rules kube-proxy (KUBE-FORWARD) and kubeadm's CNI docs (pod CIDR accepts) put in a
 /// node's filter FORWARD chain; the bridge plugin adds its nat rules itself on each ADD.
-const FORWARD_RULES: &[&str] = &[
+pub(super) const FORWARD_RULES: &[&str] = &[
     "-N KUBE-FORWARD",
     "-A FORWARD -m comment --comment 'kubernetes forwarding rules' -j KUBE-FORWARD",
     "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",

@@ -15,8 +15,8 @@ use datapath_common::config;
 use ipnetwork::IpNetwork;
 
 use crate::{
-    api, cni_install, datapath, enforce, flows, manifests, masq, model::ClusterState, node, policy,
-    services,
+    api, cni_install, datapath, enforce, flows, manifests, masq, model::ClusterState, node, nodes,
+    policy, routing, services,
 };
 
 mod handler;
@@ -79,6 +79,8 @@ struct Shared {
     /// Local pods whose address is outside `pod_cidrs` (`ns/name address`).
     outside_cidr: Mutex<std::collections::BTreeSet<String>>,
     flows: Mutex<flows::Collector>,
+    /// Routing to other nodes' pods as the last sync left it (`sluicectl status`).
+    routing: Mutex<api::RoutingStatus>,
 }
 
 /// The pod CIDRs: from the flag, else from this node's Node object (`spec.podCIDRs`).
@@ -226,9 +228,14 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     // The same check the CNI plugin makes on its podCIDRs, plus the uplink's networks.
     ipam::check_pod_cidrs(&pod_cidrs, &node::iface_networks(&uplink)?)
         .context("refusing the pod CIDR (--pod-cidr or the Node's spec.podCIDRs)")?;
-    let mtu = match s.mtu {
-        Some(m) => m,
-        None => node::mtu(&uplink)?,
+    let uplink_mtu = node::mtu(&uplink)?;
+    // Pods' MTU: the uplink's, less the VXLAN overhead in tunnel mode, unless --mtu says.
+    let mtu = match (s.mtu, s.routing) {
+        (Some(m), _) => m,
+        (None, nodes::RoutingMode::Tunnel) => {
+            uplink_mtu.saturating_sub(datapath_common::peers::TUNNEL_OVERHEAD)
+        }
+        (None, nodes::RoutingMode::Native) => uplink_mtu,
     };
 
     // Masquerade ports: clear of the node's own connections (read in this network namespace).
@@ -275,8 +282,29 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         // Services programmed by an earlier agent keep working while this one catches up.
         cfg.flags |= config::FLAG_SERVICES;
     }
+    let mut routing = routing::Routing::setup(
+        s.routing,
+        s.tunnel_port,
+        uplink_ifindex,
+        uplink_mtu,
+        node_ip,
+        &s.bpffs,
+    )
+    .await
+    .context("set up routing to other nodes")?;
+    cfg.routing = routing.datapath_mode();
+    cfg.tunnel_ifindex = routing.tunnel_ifindex;
+    cfg.tunnel_mtu = routing.tunnel_mtu;
     dp.configure(&cfg)?;
     dp.attach_uplink(&uplink)?;
+    if routing.tunnel_ifindex != 0 {
+        dp.attach_tunnel(routing::TUNNEL_DEVICE)?;
+    }
+    let mut routing_failed = false;
+    if let Err(e) = sync_routing(&mut routing, &s, &pod_cidrs, &initial).await {
+        tracing::warn!(error = %format!("{e:#}"), "program routes to other nodes");
+        routing_failed = true;
+    }
     let (reattached, stale) = dp.reattach_endpoints()?;
     node::enable_forwarding()?;
     tracing::info!(
@@ -341,6 +369,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             hostport_conflicts: Vec::new(),
             hostport_conflicts_total: 0,
         }),
+        routing: Mutex::new(routing_status(&routing)),
         flows: Mutex::new(flows::Collector::new(
             &s.bpffs,
             s.flow_timeouts,
@@ -373,6 +402,10 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
                 }
             }
             _ = tick.tick() => {
+                if routing_failed {
+                    let state = shared.cluster.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.clone();
+                    routing_failed = routed(&shared, &mut routing, &pod_cidrs, &state).await;
+                }
                 // Pods appear through CNI ADD, which does not tell the agent: look often.
                 let sh = shared.clone();
                 let res = tokio::task::spawn_blocking(move || {
@@ -400,6 +433,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
                     continue;
                 };
                 on_cluster_change(&shared, &state);
+                routing_failed = routed(&shared, &mut routing, &pod_cidrs, &state).await;
                 *shared.cluster.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))? = state;
                 // Program what the change implies now rather than at the next tick.
                 tick.reset_immediately();
@@ -410,6 +444,65 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(api::socket_path(&s.state_dir));
     tracing::info!("agent stopping; the datapath keeps forwarding");
     Ok(())
+}
+
+/// Routes to the peers `state` names: the peers map and the routes.
+async fn sync_routing(
+    r: &mut routing::Routing,
+    s: &Settings,
+    pod_cidrs: &[IpNetwork],
+    state: &ClusterState,
+) -> anyhow::Result<()> {
+    let peers = nodes::peers(state, &s.node_name, pod_cidrs, &s.service_cidrs);
+    r.sync(&peers).await
+}
+
+/// [`sync_routing`] for the agent's loop: logs a failure and publishes the status; returns
+/// whether it failed (retried at the next tick).
+async fn routed(
+    shared: &Shared,
+    r: &mut routing::Routing,
+    pod_cidrs: &[IpNetwork],
+    state: &ClusterState,
+) -> bool {
+    let res = sync_routing(r, &shared.settings, pod_cidrs, state).await;
+    if let Err(e) = &res {
+        tracing::warn!(error = %format!("{e:#}"), "program routes to other nodes");
+    }
+    if let Ok(mut st) = shared.routing.lock() {
+        *st = routing_status(r);
+    }
+    res.is_err()
+}
+
+fn routing_status(r: &routing::Routing) -> api::RoutingStatus {
+    let tunnel = r.mode == nodes::RoutingMode::Tunnel;
+    api::RoutingStatus {
+        mode: if tunnel { "tunnel" } else { "native" }.into(),
+        device: tunnel.then(|| routing::TUNNEL_DEVICE.to_string()),
+        tunnel_port: tunnel.then_some(r.tunnel_port),
+        tunnel_mtu: tunnel.then_some(r.tunnel_mtu),
+        peers: r
+            .status
+            .peers
+            .iter()
+            .map(|p| api::RoutedPeer {
+                node: p.name.clone(),
+                address: p.address.to_string(),
+                pod_cidrs: p.pod_cidrs.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        not_routed: r
+            .status
+            .problems
+            .iter()
+            .map(|p| api::NotRouted {
+                node: p.node.clone(),
+                reason: p.reason.clone(),
+            })
+            .collect(),
+        route_conflicts: r.status.route_conflicts.clone(),
+    }
 }
 
 /// One run of the flow collector; logs what it deleted.

@@ -108,6 +108,43 @@ pub struct Status {
     /// Flow state (masquerade, Service translation, policy tracking) and its collector.
     #[serde(default)]
     pub flows: FlowsStatus,
+    /// Routing to other nodes' pods.
+    #[serde(default)]
+    pub routing: RoutingStatus,
+}
+
+/// Routing to other nodes' pods (`--routing`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingStatus {
+    /// `tunnel` or `native`.
+    pub mode: String,
+    /// The tunnel device (tunnel mode).
+    pub device: Option<String>,
+    pub tunnel_port: Option<u16>,
+    pub tunnel_mtu: Option<u32>,
+    /// Peers routed, by Node name.
+    pub peers: Vec<RoutedPeer>,
+    /// Nodes not routed, with the reason.
+    pub not_routed: Vec<NotRouted>,
+    /// Peer pod CIDRs not routed, with the reason (another route covers them, or the
+    /// kernel refused Sluice's).
+    pub route_conflicts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutedPeer {
+    pub node: String,
+    pub address: String,
+    pub pod_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotRouted {
+    pub node: String,
+    pub reason: String,
 }
 
 /// Service frontends, and the frontends refused because an object may not hold them.
@@ -395,6 +432,7 @@ mod tests {
                 hostport_conflicts: 0,
                 hostport_conflicts_total: 0,
                 flows: FlowsStatus::default(),
+                routing: RoutingStatus::default(),
             })
         }
         fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {

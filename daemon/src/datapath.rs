@@ -16,7 +16,9 @@ use aya::{
     programs::SchedClassifier,
     EbpfLoader,
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, pins, policy, sock, svc};
+use datapath_common::{
+    addr::IpKey, config, endpoint, metrics, nat, peers, pins, policy, sock, svc,
+};
 
 /// The datapath object, built by build.rs through aya-build.
 pub static OBJECT: &[u8] =
@@ -142,6 +144,12 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize, u32)] = &[
         1,
     ),
     (
+        peers::MAP_NAME,
+        size_of::<u32>() + size_of::<peers::Key>(),
+        size_of::<peers::Value>(),
+        peers::MAX_ENTRIES,
+    ),
+    (
         policy::POD_ISOLATION_MAP_NAME,
         size_of::<u64>(),
         size_of::<u32>(),
@@ -253,6 +261,13 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the tunnel device's programs (replacing earlier ones in place).
+    pub fn attach_tunnel(&self, device: &str) -> anyhow::Result<()> {
+        datapath_user::attach_pinned_tc(&self.bpffs, pins::PROG_TUNNEL_INGRESS, device, true)?;
+        datapath_user::attach_pinned_tc(&self.bpffs, pins::PROG_TUNNEL_EGRESS, device, false)?;
+        Ok(())
+    }
+
     /// Re-attaches the current `sl_from_pod` to every endpoint's host veth, so pods created by
     /// an older agent run the programs of this one. Returns (re-attached, missing veths). An
     /// ifindex can be reused by another interface after a pod is gone, so the interface must
@@ -302,7 +317,7 @@ fn remove_retired_maps(maps_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the node configuration into the pinned `SL_CFG_V1` of `bpffs` (at load, and when
+/// Writes the node configuration into the pinned `SL_CFG_V2` of `bpffs` (at load, and when
 /// the agent turns a datapath feature on or off).
 pub fn write_config(bpffs: &Path, cfg: &config::NodeConfig) -> anyhow::Result<()> {
     let md = crate::pins::open(bpffs, config::MAP_NAME)?;

@@ -17,4 +17,5 @@ pub mod node;
 pub mod nodes;
 pub mod pins;
 pub mod policy;
+pub mod routing;
 pub mod services;

@@ -1,7 +1,8 @@
 //! `sl_from_pod`: TC ingress of a pod's host-side veth, i.e. every packet a pod sends.
 //!
 //! A packet for another pod on this node is delivered straight into that pod (see
-//! [`crate::skb::deliver_local`]); anything else (the node itself, other nodes, the outside)
+//! [`crate::skb::deliver_local`]); one for another node's pod is sent to that node
+//! ([`crate::remote::to_peer`]); anything else (the node itself, other nodes, the outside)
 //! goes to the node's stack, which routes it and, for the outside, the uplink program
 //! masquerades it. A packet whose source address is not the sending pod's own is dropped, so a
 //! pod cannot impersonate another.
@@ -12,10 +13,7 @@
 //! node that no longer exists, or to a Service with no endpoint, is answered with a reset
 //! ([`crate::reset`]).
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT as SHOT, helpers::generated::bpf_redirect_neigh, macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT as SHOT, macros::classifier, programs::TcContext};
 use datapath_common::{addr::IpKey, config, metrics, svc};
 
 use crate::{
@@ -138,16 +136,9 @@ fn services(
     }
     if r >= 0 {
         enforce(ctx, flow)?;
-        count(metrics::SVC_TC_REVNAT, ctx.len());
-        if r & lb::TO_UPLINK != 0 {
-            // The source is now a node address: the stack would drop it as a martian, so it
-            // goes out of the uplink with the neighbour resolved by the kernel (≥ 5.10).
-            // SAFETY: a BPF helper with no memory preconditions.
-            return Ok(unsafe {
-                bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) as i32
-            });
-        }
-        return Ok(deliver_or_stack(ctx, lb::daddr_of(r)));
+        // A reply from a node address to outside goes out of the uplink as a router hop
+        // (TTL-1): the stack would drop it as a martian.
+        return Ok(crate::remote::send_reply(ctx, cfg, r));
     }
     // SAFETY: map values outlive the run (freed after an RCU grace period).
     if unsafe { ENDPOINTS.get(IpKey::v4(hdr.daddr)) }.is_none() {

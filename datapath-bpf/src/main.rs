@@ -6,7 +6,8 @@
 //! One module per hook: [`lxc`] (packets from a pod), [`uplink`] (masquerade and external
 //! service traffic on the node's uplink), [`sock`] (same-node TCP short-circuited from socket
 //! to socket), [`sock_lb`] (Services load-balanced at connect time); [`lb`] and [`reset`] are
-//! the service translation and TCP resets they share. Shared helpers (bounds-checked header access, counters) live in [`skb`], the maps
+//! the service translation and TCP resets they share; [`remote`] sends traffic to other nodes'
+//! pods and holds the tunnel device's programs. Shared helpers (bounds-checked header access, counters) live in [`skb`], the maps
 //! in [`maps`].
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@ mod lb;
 mod lxc;
 mod maps;
 mod policy;
+mod remote;
 mod reset;
 mod skb;
 mod sock;

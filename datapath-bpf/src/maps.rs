@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, policy, sock, svc};
+use datapath_common::{addr::IpKey, config, endpoint, metrics, nat, peers, policy, sock, svc};
 
-#[map(name = "SL_CFG_V1")]
+#[map(name = "SL_CFG_V2")]
 pub static CONFIG: Array<config::NodeConfig> = Array::pinned(config::MAX_ENTRIES, 0);
 
 #[map(name = "SL_EP_V1")]
@@ -96,3 +96,7 @@ pub static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);
 /// Not read by programs: the agent writes it, the CNI plugin reads it at ADD.
 #[map(name = "SL_PODISO_V1")]
 pub static POD_ISOLATION: HashMap<u64, u32> = HashMap::pinned(policy::POD_ISOLATION_MAX_ENTRIES, 0);
+
+/// Other nodes' pod CIDRs (`datapath_common::peers`): where to send a remote pod's traffic.
+#[map(name = "SL_PEERS_V1")]
+pub static PEERS: LpmTrie<peers::Key, peers::Value> = LpmTrie::pinned(peers::MAX_ENTRIES, 0);

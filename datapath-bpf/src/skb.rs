@@ -89,42 +89,42 @@ pub fn drop(ctx: &TcContext, reason: u32) -> i32 {
     TC_ACT_SHOT
 }
 
+/// Decrements the IPv4 TTL (Ethernet header at 0) as a router hop does, fixing the header
+/// checksum; a packet whose TTL would reach 0 is dropped (counted, `Err(TC_ACT_SHOT)`).
+#[inline(always)]
+pub fn dec_ttl(ctx: &TcContext) -> Result<(), i32> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or_else(|| drop(ctx, metrics::DROP_INVALID))?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
+    let (ttl, proto) = unsafe { ((*ip).ttl, (*ip).proto) };
+    if ttl <= 1 {
+        return Err(drop(ctx, metrics::DROP_TTL_EXCEEDED));
+    }
+    // TTL shares a 16-bit checksum word with the protocol byte.
+    let old = u16::from_be_bytes([ttl, proto]);
+    let new = u16::from_be_bytes([ttl - 1, proto]);
+    ctx.l3_csum_replace(
+        ETH_HLEN + IP_CSUM_OFF,
+        old.to_be() as u64,
+        new.to_be() as u64,
+        2,
+    )
+    .map_err(|_| drop(ctx, metrics::DROP_REWRITE_FAILED))?;
+    // The helper may have moved packet data: re-derive the pointer.
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or_else(|| drop(ctx, metrics::DROP_INVALID))?;
+    // SAFETY: `ptr_at` checked that the header lies within the packet.
+    unsafe { (*ip).ttl = ttl - 1 };
+    Ok(())
+}
+
 /// Delivers an IPv4 packet (Ethernet header at 0) into the local pod `ep`: decrements the TTL
 /// as a router hop does, rewrites the MACs to host-veth → pod, and hands it to the pod's
 /// namespace with `bpf_redirect_peer` (kernel ≥ 5.10): the packet enters the pod's eth0
 /// ingress directly, without a pass through the node's stack or backlog queue.
 #[inline(always)]
 pub fn deliver_local(ctx: &TcContext, ep: &endpoint::Value) -> i32 {
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return drop(ctx, metrics::DROP_INVALID);
-    };
-    // SAFETY: `ptr_at` checked that the header lies within the packet.
-    let ttl = unsafe { (*ip).ttl };
-    if ttl <= 1 {
-        return drop(ctx, metrics::DROP_TTL_EXCEEDED);
+    if let Err(v) = dec_ttl(ctx) {
+        return v;
     }
-    // TTL shares a 16-bit checksum word with the protocol byte.
-    // SAFETY: `ptr_at` checked that the header lies within the packet.
-    let proto = unsafe { (*ip).proto };
-    let old = u16::from_be_bytes([ttl, proto]);
-    let new = u16::from_be_bytes([ttl - 1, proto]);
-    if ctx
-        .l3_csum_replace(
-            ETH_HLEN + IP_CSUM_OFF,
-            old.to_be() as u64,
-            new.to_be() as u64,
-            2,
-        )
-        .is_err()
-    {
-        return drop(ctx, metrics::DROP_REWRITE_FAILED);
-    }
-    // The helper may have moved packet data: re-derive every pointer.
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return drop(ctx, metrics::DROP_INVALID);
-    };
-    // SAFETY: `ptr_at` checked that the header lies within the packet.
-    unsafe { (*ip).ttl = ttl - 1 };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(ctx, metrics::DROP_INVALID);
     };
@@ -138,7 +138,8 @@ pub fn deliver_local(ctx: &TcContext, ep: &endpoint::Value) -> i32 {
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }
 
-/// Delivers to the local pod at `daddr`, or passes the packet to the node's stack.
+/// Delivers to the local pod at `daddr`, sends to the node whose pod CIDR holds `daddr`
+/// ([`crate::remote::to_peer`]), or passes the packet to the node's stack.
 #[inline(always)]
 pub fn deliver_or_stack(ctx: &TcContext, daddr: [u8; 4]) -> i32 {
     if let Some(dst) =
@@ -147,6 +148,10 @@ pub fn deliver_or_stack(ctx: &TcContext, daddr: [u8; 4]) -> i32 {
     {
         let ep = *dst;
         return deliver_local(ctx, &ep);
+    }
+    let v = crate::remote::to_peer(ctx, u32::from_ne_bytes(daddr));
+    if v != crate::remote::NOT_PEER {
+        return v;
     }
     count(metrics::FWD_STACK, ctx.len());
     TC_ACT_UNSPEC

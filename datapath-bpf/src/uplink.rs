@@ -1,6 +1,8 @@
 //! Masquerade on the node's uplink: `sl_up_egress` (TC egress) gives pod traffic leaving
 //! for the outside the node's address and a port from the masquerade range; `sl_up_ingress`
 //! (TC ingress) maps replies back to the pod, which the stack then routes to the pod's veth.
+//! `sl_up_ingress` also puts back replies of Service flows translated here whose backend is
+//! on another node, and (native routing) delivers other nodes' pods' packets into local pods.
 //!
 //! Why in eBPF and not an iptables MASQUERADE rule: no netfilter rule on the path, and the
 //! translation state lives in pinned maps, so it survives an agent restart and can be read by
@@ -53,7 +55,9 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     if cfg.flags & config::FLAG_MASQUERADE == 0
         || !is_pod_source(cfg, ip.saddr)
         || cfg.in_pod_cidr4(ip.daddr)
+        || crate::remote::peer_of(ip.daddr).is_some()
     {
+        // Another node's pod keeps seeing this pod's own address.
         // The node's own traffic, or not ours to translate.
         return Ok(TC_ACT_UNSPEC);
     }
@@ -216,6 +220,16 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
         && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
     {
         if let Some(l4) = l4_of(ctx, &ip, ICMP_ECHO_REPLY) {
+            // A backend on another node answering a flow translated here (a pod's ClusterIP
+            // flow, or a NodePort's with `externalTrafficPolicy: Cluster`): put the frontend
+            // back.
+            let r = lb::reply(ctx, &ip, &l4);
+            if r == lb::DROPPED {
+                return Err(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+            }
+            if r >= 0 {
+                return Ok(crate::remote::send_reply(ctx, cfg, r));
+            }
             // NodePorts, external and load-balancer IPs, reached from outside the node.
             match lb::forward(ctx, cfg, &ip, &l4, svc::SCOPE_EXTERNAL) {
                 lb::MISS => {}
@@ -239,6 +253,11 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
         }
     }
     if ip.daddr != cfg.node_ip4 {
+        // Native routing: another node's pod reaching a pod of this one.
+        let v = crate::remote::to_local_pod(ctx, u32::from_ne_bytes(ip.daddr));
+        if v != crate::remote::NOT_PEER {
+            return Ok(v);
+        }
         return Ok(TC_ACT_UNSPEC);
     }
     Ok(rev_masquerade(ctx, &ip))

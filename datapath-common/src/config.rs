@@ -1,8 +1,9 @@
-//! `SL_CFG_V1`: the node's datapath configuration, one entry, written by the agent.
+//! `SL_CFG_V2`: the node's datapath configuration, one entry, written by the agent. (`_V1`
+//! had no routing fields; an agent removes its pin after loading, see `flow::RETIRED_MAPS`.)
 
 use crate::addr::IpKey;
 
-pub const MAP_NAME: &str = "SL_CFG_V1";
+pub const MAP_NAME: &str = "SL_CFG_V2";
 pub const MAX_ENTRIES: u32 = 1;
 
 /// Masquerade traffic from pods to addresses outside the cluster.
@@ -33,8 +34,16 @@ pub struct NodeConfig {
     pub pod_prefix6: u8,
     pub _pad1: [u8; 3],
     pub node_ip6: IpKey,
+    /// How pod traffic reaches other nodes' pods: `peers::ROUTING_*`.
+    pub routing: u8,
+    pub _pad2: [u8; 3],
+    /// The tunnel device's ifindex (tunnel mode).
+    pub tunnel_ifindex: u32,
+    /// The tunnel device's MTU: a bigger packet is left to the stack, which answers
+    /// "fragmentation needed" (or fragments it when DF is clear).
+    pub tunnel_mtu: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 68);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 80);
 
 impl NodeConfig {
     pub const fn zeroed() -> Self {
@@ -59,6 +68,10 @@ impl NodeConfig {
                 _pad: [0; 3],
                 addr: [0; 16],
             },
+            routing: 0,
+            _pad2: [0; 3],
+            tunnel_ifindex: 0,
+            tunnel_mtu: 0,
         }
     }
 

@@ -27,6 +27,8 @@ pub const RETIRED_MAPS: &[&str] = &[
     "SL_LBCT_V1",
     "SL_CT_V1",
     "SL_SKREV_V1",
+    // Not a flow map: the node configuration before it carried the routing mode.
+    "SL_CFG_V1",
 ];
 
 /// When a flow was last used and what it saw.

@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod flow;
 pub mod metrics;
 pub mod nat;
+pub mod peers;
 pub mod pins;
 pub mod policy;
 pub mod sock;
@@ -30,6 +31,7 @@ user_pod!(
     endpoint::Meta,
     flow::Life,
     metrics::Counter,
+    peers::Value,
     nat::Tuple,
     nat::Binding,
     sock::SockKey,

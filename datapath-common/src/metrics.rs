@@ -61,6 +61,12 @@ pub const SVC_TC_DNAT: u32 = 39;
 pub const SVC_TC_REVNAT: u32 = 40;
 /// NetworkPolicy: new connections judged against the rules and allowed.
 pub const POLICY_ALLOWED: u32 = 41;
+/// Sent to another node's pod by the datapath (into the tunnel, or out of the uplink).
+pub const FWD_REMOTE_NODE: u32 = 42;
+/// Bigger than the tunnel MTU: left to the stack (ICMP "fragmentation needed").
+pub const FWD_TUNNEL_TOO_BIG: u32 = 43;
+/// A packet routed into the tunnel device for no peer's pod CIDR.
+pub const DROP_NO_PEER: u32 = 13;
 
 /// Human names of the reasons, for the CLI: (index, name).
 pub const NAMES: &[(u32, &str)] = &[
@@ -76,6 +82,7 @@ pub const NAMES: &[(u32, &str)] = &[
     (DROP_LB_TABLE_FULL, "drop:lb-table-full"),
     (DROP_POLICY_EGRESS, "drop:policy-egress"),
     (DROP_POLICY_INGRESS, "drop:policy-ingress"),
+    (DROP_NO_PEER, "drop:tunnel-no-peer"),
     (FWD_LOCAL_POD, "fwd:local-pod"),
     (FWD_STACK, "fwd:stack"),
     (FWD_SNAT, "fwd:snat"),
@@ -86,4 +93,6 @@ pub const NAMES: &[(u32, &str)] = &[
     (SVC_TC_DNAT, "svc:tc-dnat"),
     (SVC_TC_REVNAT, "svc:tc-revnat"),
     (POLICY_ALLOWED, "policy:allowed-new"),
+    (FWD_REMOTE_NODE, "fwd:remote-node"),
+    (FWD_TUNNEL_TOO_BIG, "fwd:tunnel-too-big"),
 ];

@@ -22,12 +22,19 @@ pub const PROG_UPLINK_INGRESS: &str = "sl_up_ingress";
 /// policy for traffic that did not come straight from another local pod).
 pub const PROG_TO_POD: &str = "sl_to_pod";
 
+/// TC ingress of the tunnel device: decapsulated packets from other nodes.
+pub const PROG_TUNNEL_INGRESS: &str = "sl_tun_ingress";
+/// TC egress of the tunnel device: the tunnel key of what the node's stack routes into it.
+pub const PROG_TUNNEL_EGRESS: &str = "sl_tun_egress";
+
 /// All TC programs the agent loads and pins.
 pub const PROGRAMS: &[&str] = &[
     PROG_FROM_POD,
     PROG_TO_POD,
     PROG_UPLINK_EGRESS,
     PROG_UPLINK_INGRESS,
+    PROG_TUNNEL_INGRESS,
+    PROG_TUNNEL_EGRESS,
 ];
 /// sockops on the agent's cgroup: records same-node TCP sockets in the sockhash.
 pub const PROG_SOCKOPS: &str = "sl_sockops";
@@ -73,6 +80,7 @@ mod tests {
             crate::endpoint::MAP_NAME,
             crate::endpoint::META_MAP_NAME,
             crate::metrics::MAP_NAME,
+            crate::peers::MAP_NAME,
             crate::nat::MAP_NAME,
             crate::nat::REV_MAP_NAME,
             crate::sock::MAP_NAME,

@@ -429,9 +429,6 @@ fn uplink_ingress_nodeport_snat_translates_through_node() {
 /// the node routes it from the pod's veth to the uplink, a hop like local delivery, where the
 /// stack's forwarding is bypassed (RFC 1812 §5.3.1).
 #[test]
-#[ignore = "datapath bug: lb::reply's TO_UPLINK path (lxc.rs) sends the reply with \
-            bpf_redirect_neigh without decrementing the TTL, unlike deliver_local; the node's \
-            hop is invisible and a TTL-1 reply is forwarded"]
 fn from_pod_reply_to_uplink_decrements_ttl() {
     let mut dp = services_on();
     node_port(&mut dp, 0);
@@ -446,9 +443,6 @@ fn from_pod_reply_to_uplink_decrements_ttl() {
 /// Test that a pod's flow translated in TC to a backend on another node has the backend's
 /// reply, arriving on the uplink, translated back to the frontend before it reaches the pod.
 #[test]
-#[ignore = "datapath bug: sl_up_ingress never looks up reverse entries (lb::forward skips \
-            XLATE_REPLY ones and lb::reply runs only in sl_from_pod), so a remote backend's \
-            reply reaches the client from the backend's address and the connection fails"]
 fn uplink_ingress_remote_backend_reply_translated_back() {
     let mut dp = services_on();
     let (client, fe, be) = ((POD_A, 40000), (VIP, 80), (REMOTE[0], 8080));

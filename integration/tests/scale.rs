@@ -75,6 +75,7 @@ fn pins_under(dir: &Path, out: &mut BTreeSet<PathBuf>) {
 fn expected_pins(bpffs: &Path) -> BTreeSet<PathBuf> {
     let maps = [
         config::MAP_NAME,
+        datapath_common::peers::MAP_NAME,
         endpoint::MAP_NAME,
         endpoint::META_MAP_NAME,
         metrics::MAP_NAME,

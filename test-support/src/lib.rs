@@ -8,9 +8,11 @@
 //!   pod netns (eth0 10.244.1.x/32) ──veth── node netns ──up0 192.0.2.2/24── outside netns
 //!                                            (agent, CNI)     out0 192.0.2.1, lo 203.0.113.10
 //! ```
-//! Nothing touches the machine's own interfaces or cgroups; traffic stays inside these
+//! [`cluster::Cluster`] puts several such nodes on one underlay bridge, sharing one manifests
+//! directory. Nothing touches the machine's own interfaces or cgroups; traffic stays inside these
 //! namespaces. Addresses are documentation ranges.
 
+pub mod cluster;
 pub mod cnirun;
 pub mod kube_fake;
 pub mod netns;

@@ -334,64 +334,12 @@ impl Node {
     /// The network config the plugin gets for `version`, derived from the installed conflist
     /// as libcni derives it (plugin object + `name` + `cniVersion`).
     pub fn plugin_config(&self, version: &str) -> Value {
-        let text = std::fs::read_to_string(self.conflist_path()).expect("read conflist");
-        let list: Value = serde_json::from_str(&text).expect("conflist is JSON");
-        let mut p = list["plugins"][0].clone();
-        p["name"] = list["name"].clone();
-        p["cniVersion"] = json!(version);
-        p
+        plugin_config(&self.conflist_path(), version)
     }
 
     /// Execs the installed plugin (`<bin>/sluice`) in the node namespace, as a runtime does.
     pub fn cni(&self, call: &CniCall) -> CniOutput {
-        let stdin = match &call.stdin {
-            Some(raw) => raw.clone(),
-            None => {
-                let mut conf = self.plugin_config(&call.version);
-                if let (Some(c), Some(e)) = (conf.as_object_mut(), call.extra.as_object()) {
-                    for (k, v) in e {
-                        c.insert(k.clone(), v.clone());
-                    }
-                }
-                serde_json::to_vec(&conf).expect("encode config")
-            }
-        };
-        let mut cmd = self.node.command(self.path("bin").join("sluice"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-        cmd.env("CNI_COMMAND", &call.command);
-        cmd.env("CNI_PATH", self.path("bin"));
-        if let Some(v) = &call.container_id {
-            cmd.env("CNI_CONTAINERID", v);
-        }
-        if let Some(v) = &call.netns {
-            cmd.env("CNI_NETNS", v);
-        }
-        if let Some(v) = &call.ifname {
-            cmd.env("CNI_IFNAME", v);
-        }
-        if let Some(v) = &call.args {
-            cmd.env("CNI_ARGS", v);
-        }
-        for v in &call.unset {
-            cmd.env_remove(v);
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("exec the CNI plugin");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(&stdin)
-            .expect("write stdin");
-        let out = child.wait_with_output().expect("wait for the CNI plugin");
-        CniOutput {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        exec_cni(&self.node, &self.path("bin"), &self.conflist_path(), call)
     }
 
     /// Creates a pod namespace and ADDs it (config version 1.0.0, as podman/kubelet would).
@@ -530,6 +478,70 @@ impl Node {
             .arg(self.state_dir())
             .output()
             .expect("run sluicectl")
+    }
+}
+
+/// The network config the plugin gets for `version`, derived from the conflist at `conflist`
+/// as libcni derives it (plugin object + `name` + `cniVersion`).
+pub fn plugin_config(conflist: &Path, version: &str) -> Value {
+    let text = std::fs::read_to_string(conflist).expect("read conflist");
+    let list: Value = serde_json::from_str(&text).expect("conflist is JSON");
+    let mut p = list["plugins"][0].clone();
+    p["name"] = list["name"].clone();
+    p["cniVersion"] = json!(version);
+    p
+}
+
+/// Execs `<bin_dir>/sluice` in namespace `node` with the config of `conflist`, as a runtime
+/// does (the one place [`Node`] and the cluster fixture exec the plugin).
+pub fn exec_cni(node: &Netns, bin_dir: &Path, conflist: &Path, call: &CniCall) -> CniOutput {
+    let stdin = match &call.stdin {
+        Some(raw) => raw.clone(),
+        None => {
+            let mut conf = plugin_config(conflist, &call.version);
+            if let (Some(c), Some(e)) = (conf.as_object_mut(), call.extra.as_object()) {
+                for (k, v) in e {
+                    c.insert(k.clone(), v.clone());
+                }
+            }
+            serde_json::to_vec(&conf).expect("encode config")
+        }
+    };
+    let mut cmd = node.command(bin_dir.join("sluice"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd.env("CNI_COMMAND", &call.command);
+    cmd.env("CNI_PATH", bin_dir);
+    if let Some(v) = &call.container_id {
+        cmd.env("CNI_CONTAINERID", v);
+    }
+    if let Some(v) = &call.netns {
+        cmd.env("CNI_NETNS", v);
+    }
+    if let Some(v) = &call.ifname {
+        cmd.env("CNI_IFNAME", v);
+    }
+    if let Some(v) = &call.args {
+        cmd.env("CNI_ARGS", v);
+    }
+    for v in &call.unset {
+        cmd.env_remove(v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("exec the CNI plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for the CNI plugin");
+    CniOutput {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

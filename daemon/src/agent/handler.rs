@@ -108,6 +108,7 @@ impl api::Handler for Shared {
             hostport_conflicts: self.lb.lock().map_or(0, |l| l.hostport_conflicts.len()),
             hostport_conflicts_total: self.lb.lock().map_or(0, |l| l.hostport_conflicts_total),
             flows,
+            routing: self.routing.lock().map(|r| r.clone()).unwrap_or_default(),
         })
     }
 

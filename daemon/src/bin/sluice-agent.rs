@@ -177,6 +177,12 @@ fn main() -> anyhow::Result<()> {
             .clone()
             .or_else(|| node::default_route_iface().ok());
         datapath::uninstall(&args.bpffs, uplink.as_deref())?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the async runtime")?
+            .block_on(daemon::routing::uninstall())
+            .context("remove the tunnel device and Sluice's routes")?;
         for p in [
             args.cni_conf_dir.join(daemon::cni_install::CONFLIST_NAME),
             args.cni_bin_dir.join(daemon::cni_install::PLUGIN_TYPE),

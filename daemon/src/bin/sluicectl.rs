@@ -172,6 +172,29 @@ fn main() -> anyhow::Result<()> {
             for c in &v.conflicts {
                 println!("  {c}");
             }
+            let r = &s.routing;
+            match (&r.device, r.tunnel_port, r.tunnel_mtu) {
+                (Some(d), Some(p), Some(m)) => println!(
+                    "Routing:       {} ({d}, UDP port {p}, MTU {m}), {} peers routed",
+                    r.mode,
+                    r.peers.len()
+                ),
+                _ => println!("Routing:       {}, {} peers routed", r.mode, r.peers.len()),
+            }
+            for p in &r.peers {
+                println!(
+                    "  {:<24} {:<16} {}",
+                    p.node,
+                    p.address,
+                    p.pod_cidrs.join(", ")
+                );
+            }
+            for n in &r.not_routed {
+                println!("  NOT ROUTED {}: {}", n.node, n.reason);
+            }
+            for c in &r.route_conflicts {
+                println!("  NOT ROUTED {c}");
+            }
             if !s.pods_outside_pod_cidr.is_empty() {
                 println!(
                     "Pods outside the pod CIDR (kept until deleted): {}",

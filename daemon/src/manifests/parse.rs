@@ -245,13 +245,22 @@ impl Parser<'_> {
 
 /// What of an object's `status` the agent reads: a Pod's addresses (its address as a
 /// NetworkPolicy peer or a Service endpoint when it is not a pod of this node), phase and
-/// conditions (whether it serves), as `kubectl get pods -o yaml` prints them. Everything else,
-/// and every other kind's status, is dropped: it is the cluster's to report, not a manifest's.
+/// conditions (whether it serves), as `kubectl get pods -o yaml` prints them; a Node's
+/// addresses (its `InternalIP` is where other nodes route its pods). Everything else, and
+/// every other kind's status, is dropped: it is the cluster's to report, not a manifest's.
 fn keep_status(kind: Kind, map: &mut Map<String, Value>) {
-    const POD_STATUS: [&str; 4] = ["phase", "podIP", "podIPs", "conditions"];
-    if let (Kind::Pod, Some(Value::Object(mut status))) = (kind, map.remove("status")) {
-        status.retain(|k, _| POD_STATUS.contains(&k.as_str()));
-        map.insert("status".into(), Value::Object(status));
+    const POD_STATUS: &[&str] = &["phase", "podIP", "podIPs", "conditions"];
+    const NODE_STATUS: &[&str] = &["addresses"];
+    let keep = match kind {
+        Kind::Pod => POD_STATUS,
+        Kind::Node => NODE_STATUS,
+        _ => &[],
+    };
+    if let Some(Value::Object(mut status)) = map.remove("status") {
+        if !keep.is_empty() {
+            status.retain(|k, _| keep.contains(&k.as_str()));
+            map.insert("status".into(), Value::Object(status));
+        }
     }
 }
 

@@ -12,13 +12,14 @@ use aya::{
 use datapath_common::{
     addr::IpKey,
     config::{self, NodeConfig},
-    endpoint, metrics, nat,
+    endpoint, metrics, nat, peers,
 };
 use nix::mount::{MntFlags, MsFlags};
 
 use super::{
     ethernet, ETH_P_ARP, FROM_POD, GATEWAY_MAC, HOST_A_MAC, HOST_B_MAC, LO_IFINDEX, NODE_IP, POD_A,
-    POD_A_MAC, POD_B, POD_B_IFINDEX, POD_B_MAC, PORT_MAX, PORT_MIN, UPLINK_EGRESS, UPLINK_INGRESS,
+    POD_A_MAC, POD_B, POD_B_IFINDEX, POD_B_MAC, PORT_MAX, PORT_MIN, TUNNEL_EGRESS, TUNNEL_INGRESS,
+    UPLINK_EGRESS, UPLINK_INGRESS,
 };
 
 /// A bpffs mounted on a temporary directory for one test, unmounted (pins and all) on drop.
@@ -82,7 +83,13 @@ impl Datapath {
             .default_map_pin_directory(bpffs.dir.path())
             .load(daemon::datapath::OBJECT)
             .expect("load the datapath object");
-        for name in [FROM_POD, UPLINK_EGRESS, UPLINK_INGRESS] {
+        for name in [
+            FROM_POD,
+            UPLINK_EGRESS,
+            UPLINK_INGRESS,
+            TUNNEL_INGRESS,
+            TUNNEL_EGRESS,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("{name} missing from the object"))
@@ -186,7 +193,7 @@ impl Datapath {
         })
     }
 
-    /// Writes the node configuration (`SL_CFG_V1`).
+    /// Writes the node configuration (`SL_CFG_V2`).
     pub fn set_config(&mut self, cfg: &NodeConfig) {
         let mut a: Array<_, NodeConfig> =
             Array::try_from(self.ebpf.map_mut(config::MAP_NAME).unwrap()).unwrap();
@@ -204,6 +211,24 @@ impl Datapath {
             host_mac,
         };
         m.insert(ip_key(ip), v, 0).expect("insert endpoint");
+    }
+
+    /// Sets the `endpoint::FLAG_*` of the local endpoint `ip` (e.g. its policy isolation).
+    pub fn set_endpoint_flags(&mut self, ip: [u8; 4], flags: u32) {
+        let mut m: HashMap<_, IpKey, endpoint::Value> =
+            HashMap::try_from(self.ebpf.map_mut(endpoint::MAP_NAME).unwrap()).unwrap();
+        let mut v = m.get(&ip_key(ip), 0).expect("endpoint to flag");
+        v.flags = flags;
+        m.insert(ip_key(ip), v, 0).expect("update endpoint");
+    }
+
+    /// Routes the IPv4 pod CIDR `cidr`/`prefix` of another node to that node's address `node`.
+    pub fn add_peer(&mut self, cidr: [u8; 4], prefix: u8, node: [u8; 4]) {
+        let mut m: aya::maps::LpmTrie<_, IpKey, peers::Value> =
+            aya::maps::LpmTrie::try_from(self.ebpf.map_mut(peers::MAP_NAME).unwrap()).unwrap();
+        let key = aya::maps::lpm_trie::Key::new(peers::prefix_len_v4(prefix), ip_key(cidr));
+        m.insert(&key, peers::Value::v4(node), 0)
+            .expect("insert peer");
     }
 
     /// Every entry of a NAT map, sorted.

@@ -40,6 +40,8 @@ use datapath_common::pins;
 pub const FROM_POD: &str = pins::PROG_FROM_POD;
 pub const UPLINK_EGRESS: &str = pins::PROG_UPLINK_EGRESS;
 pub const UPLINK_INGRESS: &str = pins::PROG_UPLINK_INGRESS;
+pub const TUNNEL_INGRESS: &str = pins::PROG_TUNNEL_INGRESS;
+pub const TUNNEL_EGRESS: &str = pins::PROG_TUNNEL_EGRESS;
 
 /// TC verdicts as `BPF_PROG_TEST_RUN` reports them (u32); `TC_ACT_UNSPEC` is -1.
 pub const TC_ACT_SHOT: u32 = 2;
