@@ -61,8 +61,8 @@ pub struct Peers {
 /// - a pod CIDR overlapping this node's own, or a reserved (Service) range;
 /// - an `InternalIP` that is not an ordinary unicast address, or lies inside a pod CIDR
 ///   (this node's, its own or another Node's): tunnelled traffic to it would loop;
-/// - a pod CIDR overlapping another Node's: neither is routed (which one is right cannot be
-///   told from here), and each names the other.
+/// - a pod CIDR overlapping another Node's, or the same InternalIP as another Node's: neither
+///   is routed (which one is right cannot be told from here), and each names the other.
 ///
 /// IPv6 pod CIDRs and addresses are ignored (dual-stack is not routed yet), without a problem.
 /// The output is sorted: peers by name, problems by node then reason.
@@ -117,6 +117,18 @@ pub fn peers(
                 refused[j].push(format!(
                     "pod CIDR {y} overlaps pod CIDR {x} of node {:?}: neither is routed",
                     a.name
+                ));
+            }
+            if a.address == b.address {
+                // One of them is stale or wrong, and which cannot be told from here: routing
+                // both CIDRs to one host would send one Node's pods to the other's.
+                refused[i].push(format!(
+                    "InternalIP {} is also node {:?}'s: neither is routed",
+                    a.address, b.name
+                ));
+                refused[j].push(format!(
+                    "InternalIP {} is also node {:?}'s: neither is routed",
+                    b.address, a.name
                 ));
             }
             for (p, q, k) in [(a, b, i), (b, a, j)] {

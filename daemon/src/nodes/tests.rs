@@ -163,6 +163,25 @@ fn peers_overlapping_nodes_neither_routed() {
     assert_refused(&p, "node-c", "\"node-b\"");
 }
 
+/// Test that two Nodes claiming the same InternalIP are neither routed (one of them is stale
+/// or wrong; routing both CIDRs to one host would be a wrong route), while a third Node is.
+#[test]
+fn peers_same_address_neither_routed() {
+    let p = of(vec![
+        own_node(),
+        node("node-b", &["10.244.1.0/24"], &[("InternalIP", "192.0.2.2")]),
+        node("node-c", &["10.244.3.0/24"], &[("InternalIP", "192.0.2.2")]),
+        node("node-d", &["10.244.2.0/24"], &[("InternalIP", "192.0.2.4")]),
+    ]);
+    assert_eq!(
+        p.peers.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(),
+        ["node-d"]
+    );
+    assert_eq!(problem_nodes(&p), ["node-b", "node-c"]);
+    assert_refused(&p, "node-b", "\"node-c\"");
+    assert_refused(&p, "node-c", "\"node-b\"");
+}
+
 /// Test that a pod CIDR overlapping this node's own pod CIDR, or the Service range, is
 /// refused.
 #[test]
