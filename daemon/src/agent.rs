@@ -369,7 +369,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             hostport_conflicts: Vec::new(),
             hostport_conflicts_total: 0,
         }),
-        routing: Mutex::new(routing_status(&routing)),
+        routing: Mutex::new(routing.api_status()),
         flows: Mutex::new(flows::Collector::new(
             &s.bpffs,
             s.flow_timeouts,
@@ -470,39 +470,9 @@ async fn routed(
         tracing::warn!(error = %format!("{e:#}"), "program routes to other nodes");
     }
     if let Ok(mut st) = shared.routing.lock() {
-        *st = routing_status(r);
+        *st = r.api_status();
     }
     res.is_err()
-}
-
-fn routing_status(r: &routing::Routing) -> api::RoutingStatus {
-    let tunnel = r.mode == nodes::RoutingMode::Tunnel;
-    api::RoutingStatus {
-        mode: if tunnel { "tunnel" } else { "native" }.into(),
-        device: tunnel.then(|| routing::TUNNEL_DEVICE.to_string()),
-        tunnel_port: tunnel.then_some(r.tunnel_port),
-        tunnel_mtu: tunnel.then_some(r.tunnel_mtu),
-        peers: r
-            .status
-            .peers
-            .iter()
-            .map(|p| api::RoutedPeer {
-                node: p.name.clone(),
-                address: p.address.to_string(),
-                pod_cidrs: p.pod_cidrs.iter().map(ToString::to_string).collect(),
-            })
-            .collect(),
-        not_routed: r
-            .status
-            .problems
-            .iter()
-            .map(|p| api::NotRouted {
-                node: p.node.clone(),
-                reason: p.reason.clone(),
-            })
-            .collect(),
-        route_conflicts: r.status.route_conflicts.clone(),
-    }
 }
 
 /// One run of the flow collector; logs what it deleted.

@@ -250,6 +250,37 @@ impl Routing {
         Ok(conflicts)
     }
 
+    /// What `sluicectl status` shows of routing.
+    pub fn api_status(&self) -> crate::api::RoutingStatus {
+        let tunnel = self.mode == RoutingMode::Tunnel;
+        crate::api::RoutingStatus {
+            mode: if tunnel { "tunnel" } else { "native" }.into(),
+            device: tunnel.then(|| TUNNEL_DEVICE.to_string()),
+            tunnel_port: tunnel.then_some(self.tunnel_port),
+            tunnel_mtu: tunnel.then_some(self.tunnel_mtu),
+            peers: self
+                .status
+                .peers
+                .iter()
+                .map(|p| crate::api::RoutedPeer {
+                    node: p.name.clone(),
+                    address: p.address.to_string(),
+                    pod_cidrs: p.pod_cidrs.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+            not_routed: self
+                .status
+                .problems
+                .iter()
+                .map(|p| crate::api::NotRouted {
+                    node: p.node.clone(),
+                    reason: p.reason.clone(),
+                })
+                .collect(),
+            route_conflicts: self.status.route_conflicts.clone(),
+        }
+    }
+
     fn oif(&self) -> u32 {
         match self.mode {
             RoutingMode::Tunnel => self.tunnel_ifindex,

@@ -232,3 +232,43 @@ fn node_without_address_listed_and_logged_once() {
         "a route to a Node without address"
     );
 }
+
+/// Test that restarting the agents of a tunnel-mode cluster in native mode removes the
+/// tunnel device, replaces Sluice's route by one via the peer's InternalIP, and keeps pods
+/// reaching each other.
+#[test]
+fn switch_tunnel_to_native_replaces_device_and_routes() {
+    let mut c = Cluster::new(ClusterOptions {
+        routing: Routing::Tunnel,
+        nodes: 2,
+        ..ClusterOptions::default()
+    });
+    let a = c.add_pod(1, "a", &[]);
+    let b = c.add_pod(2, "b", &[]);
+    assert!(
+        poll_until(CONVERGE, || a.ping(b.ip)).is_some(),
+        "tunnel\n{}",
+        c.agent_logs()
+    );
+    for i in [1, 2] {
+        c.node_mut(i).stop_agent(false);
+    }
+    c.opts.routing = Routing::Native;
+    for i in [1, 2] {
+        c.start_agent(i);
+    }
+    let n = c.node(1);
+    let links = n.ns.sh("ip -o link show");
+    assert!(
+        !links.contains("sluice_vxlan"),
+        "tunnel device left: {links}"
+    );
+    let want = "10.244.2.0/24 via 192.0.2.12 dev up0 proto 83";
+    let routed = poll_until(CONVERGE, || n.routes().iter().any(|r| r.trim() == want));
+    assert!(routed.is_some(), "{:?}\n{}", n.routes(), c.agent_logs());
+    assert!(
+        poll_until(CONVERGE, || a.ping(b.ip)).is_some(),
+        "native after the switch\n{}",
+        c.agent_logs()
+    );
+}
