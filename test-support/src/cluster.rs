@@ -366,6 +366,20 @@ impl Capture {
     /// match the pcap `filter` (on the outer headers), one `tcpdump -nn` line each.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // tcpdump exits at SIGINT without reading what is still queued on its socket, and
+            // on a loaded machine it may not have run since the traffic: let it drain first
+            // (`-U` writes each packet as it is read, so the file stops growing once it has).
+            let file = self.dir.path().join("cap.pcap");
+            let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let (mut last, mut since) = (size(), Instant::now());
+            while Instant::now() < deadline && since.elapsed() < Duration::from_millis(500) {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = size();
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                }
+            }
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::SIGINT,
