@@ -12,6 +12,7 @@
 #[path = "cluster/traffic.rs"]
 mod traffic;
 
+use serde_json::Value;
 use std::{net::Ipv4Addr, time::Duration};
 
 use test_support::cluster::{
@@ -405,6 +406,83 @@ fn network_policy_across_nodes(routing: Routing) {
             "client egress to intruder ({from:?})"
         );
     }
+
+    // `policy trace` on each node says which node enforces which direction: the server's
+    // node its ingress, the client's node its egress, each naming the other for the far side.
+    let reasons = |t: &Value| -> Vec<String> {
+        t["reasons"]
+            .as_array()
+            .unwrap_or_else(|| panic!("trace without reasons: {t:#}"))
+            .iter()
+            .map(|r| r.as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let has =
+        |rs: &[String], parts: &[&str]| rs.iter().any(|r| parts.iter().all(|p| r.contains(p)));
+    let on1 = trace(&c, 1, "default/client", "default/db", "8080/TCP");
+    assert_eq!(on1["allowed"], true, "{on1:#}");
+    let rs = reasons(&on1);
+    assert!(
+        has(&rs, &["Ingress of default/db", "default/db-from-client"]),
+        "{on1:#}"
+    );
+    assert!(
+        has(
+            &rs,
+            &["Egress of default/client", "node2", "enforced there"]
+        ),
+        "{on1:#}"
+    );
+    let on2 = trace(&c, 2, "default/client", "default/db", "8080/TCP");
+    assert_eq!(on2["allowed"], true, "{on2:#}");
+    let rs = reasons(&on2);
+    assert!(
+        has(&rs, &["Egress of default/client", "default/client-to-db"]),
+        "{on2:#}"
+    );
+    assert!(
+        has(&rs, &["Ingress of default/db", "node1", "enforced there"]),
+        "{on2:#}"
+    );
+    let intr = trace(&c, 1, "default/intruder", "default/db", "8080/TCP");
+    assert_eq!(intr["allowed"], false, "{intr:#}");
+    assert!(
+        has(
+            &reasons(&intr),
+            &[
+                "Ingress of default/db",
+                "isolated by",
+                "default/db-from-client"
+            ]
+        ),
+        "{intr:#}"
+    );
+    let egress = trace(&c, 2, "default/client", "default/intruder", "8080/TCP");
+    assert_eq!(egress["allowed"], false, "{egress:#}");
+    assert!(
+        has(
+            &reasons(&egress),
+            &[
+                "Egress of default/client",
+                "isolated by",
+                "default/client-to-db"
+            ]
+        ),
+        "{egress:#}"
+    );
+}
+
+/// `sluicectl policy trace --from FROM --to TO --port PORT -o json` on node `n`.
+fn trace(c: &Cluster, n: usize, from: &str, to: &str, port: &str) -> Value {
+    let out = c.node(n).sluicectl(&[
+        "policy", "trace", "--from", from, "--to", to, "--port", port, "-o", "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "sluicectl policy trace on node{n}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("trace JSON")
 }
 
 fn node_added_later_reachable(routing: Routing) {
