@@ -50,7 +50,7 @@ pub fn run(cfg: &Config, res: &mut Results) -> Result<Vec<String>> {
         let t = Instant::now();
         let node = Node::new(NodeOptions {
             manifests: true,
-            agent_args: cfg.agent_args.clone(),
+            agent_args: crate::topo::one_node_args(&cfg.agent_args),
             ..NodeOptions::default()
         });
         std::thread::sleep(SETTLE);

@@ -369,7 +369,7 @@ fn rss(cfg: &Config, res: &mut Results) -> Result<String> {
         let t = Instant::now();
         let node = Node::new(NodeOptions {
             manifests: true,
-            agent_args: cfg.agent_args.clone(),
+            agent_args: crate::topo::one_node_args(&cfg.agent_args),
             ..NodeOptions::default()
         });
         let server = add_pod(&node, SERVER.namespace, SERVER.name)?;

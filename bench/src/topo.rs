@@ -95,6 +95,21 @@ pub(super) fn prepare_pods_at(pods: Pods<'_>, want: u32) -> Result<()> {
     Ok(())
 }
 
+/// The agent flags of a single-node system: `agent_args`, with `--routing=native` unless
+/// they name a mode. A node alone has no peer to tunnel to, and tunnel mode (the agent's
+/// default) gives pods the uplink MTU less the VXLAN overhead, for a tunnel this topology
+/// never uses: the same-node records compare every system at the same 1500-byte MTU.
+pub fn one_node_args(agent_args: &[String]) -> Vec<String> {
+    let mut args = agent_args.to_vec();
+    if !args
+        .iter()
+        .any(|a| a == "--routing" || a.starts_with("--routing="))
+    {
+        args.push("--routing=native".into());
+    }
+    args
+}
+
 /// Runs `script` in `ns`; fails with its output unless it succeeds.
 pub fn sh(ns: &Netns, script: &str) -> Result<String> {
     let out = ns.sh_output(script);
@@ -132,7 +147,7 @@ impl Sluice {
 
     fn build(name: &'static str, agent_args: Vec<String>, sockmap: bool) -> Result<Self> {
         let node = Node::new(NodeOptions {
-            agent_args,
+            agent_args: one_node_args(&agent_args),
             ..NodeOptions::default()
         });
         let client = node.add_pod("bench-client");

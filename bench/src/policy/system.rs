@@ -222,7 +222,7 @@ impl PolicyNode {
         }
         let node = Node::new(NodeOptions {
             manifests: true,
-            agent_args: args,
+            agent_args: crate::topo::one_node_args(&args),
             ..NodeOptions::default()
         });
         let t = Instant::now();

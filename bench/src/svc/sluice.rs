@@ -45,7 +45,7 @@ impl SluiceSvc {
     pub fn new(agent_args: &[String]) -> Result<Self> {
         let node = Node::new(NodeOptions {
             manifests: true,
-            agent_args: agent_args.to_vec(),
+            agent_args: crate::topo::one_node_args(agent_args),
             ..NodeOptions::default()
         });
         let client = node.add_pod("svc-client");
