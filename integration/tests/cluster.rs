@@ -16,8 +16,8 @@ use serde_json::Value;
 use std::{net::Ipv4Addr, time::Duration};
 
 use test_support::cluster::{
-    in_pod_cidr, node_ip, poll_until, Capture, Cluster, ClusterOptions, ClusterPod, Routing,
-    OUTSIDE_IP, WORLD_IP,
+    in_pod_cidr, node_ip, pod_cidr, poll_until, Capture, Cluster, ClusterOptions, ClusterPod,
+    Routing, OUTSIDE_IP, WORLD_IP,
 };
 use traffic::{eventually, pod_cmd, serve_tcp, serve_udp, tcp, tcp_with, tcp_within, udp, Via};
 
@@ -66,6 +66,10 @@ both_modes! {
     /// Test that a node added later is reachable from the others and reaches them (the time
     /// is reported; the issue asks for 2 s).
     fn node_added_later_reachable;
+    /// Test that a Node changed in place takes effect on the other nodes without a restart: a
+    /// new InternalIP carries its pods' traffic (the old address is then removed from the node,
+    /// so nothing else could), and a new pod CIDR replaces the old one's route.
+    fn node_changed_rerouted;
     /// Test that a removed node leaves no route to its pod CIDR or its address in the other
     /// nodes, and that the remaining nodes still reach each other.
     fn node_removed_leaves_no_route;
@@ -504,6 +508,78 @@ fn node_added_later_reachable(routing: Routing) {
         "node3 reachable both ways {:?} after its Node object was written",
         published.elapsed()
     );
+}
+
+fn node_changed_rerouted(routing: Routing) {
+    let c = cluster(routing, 2);
+    let a = c.add_pod(1, "a", &[]);
+    let b = c.add_pod(2, "b", &[]);
+    wait_ping(&c, &a, b.ip);
+    wait_ping(&c, &b, a.ip);
+
+    // Node 2 moves to another address on its uplink; its Node object says so.
+    let new_ip: Ipv4Addr = "192.0.2.112".parse().expect("an address");
+    c.node(2).ns.sh(&format!("ip addr add {new_ip}/24 dev up0"));
+    let mut moved = Cluster::node_object(2);
+    moved["status"]["addresses"][0]["address"] = Value::from(new_ip.to_string());
+    c.write_manifest("node-node2.json", &moved);
+    let took = poll_until(CONVERGE, || {
+        peer_address(&c, 1, "node2").as_deref() == Some(&new_ip.to_string())
+    });
+    assert!(
+        took.is_some(),
+        "node1 still routes node2 at its old address\n{}",
+        c.agent_logs()
+    );
+    println!("node1 routes node2 at {new_ip} {took:?} after its Node object changed");
+    // Without its old address node 2 is reachable only at the new one.
+    // The new address is promoted to primary (else deleting the primary takes the
+    // secondaries of its subnet with it).
+    c.node(2).ns.sh(&format!(
+        "sysctl -qw net.ipv4.conf.up0.promote_secondaries=1 && ip addr del {}/24 dev up0 && \
+         ip route replace default via {OUTSIDE_IP}",
+        node_ip(2)
+    ));
+    wait_ping(&c, &a, b.ip);
+    wait_ping(&c, &b, a.ip);
+    if routing == Routing::Native {
+        assert!(
+            !c.node(1)
+                .routes_mentioning(&format!("via {new_ip}"))
+                .is_empty(),
+            "no route via {new_ip}: {:#?}",
+            c.node(1).routes()
+        );
+    }
+
+    // A new pod CIDR replaces the old one's route (pods of the old one keep their addresses
+    // on their node; Kubernetes drains a node before its CIDR changes).
+    let mut recidred = moved.clone();
+    recidred["spec"]["podCIDR"] = Value::from("10.244.22.0/24");
+    recidred["spec"]["podCIDRs"] = serde_json::json!(["10.244.22.0/24"]);
+    c.write_manifest("node-node2.json", &recidred);
+    let took = poll_until(CONVERGE, || {
+        !c.node(1).routes_mentioning("10.244.22.0/24").is_empty()
+            && c.node(1).routes_mentioning(&pod_cidr(2)).is_empty()
+    });
+    assert!(
+        took.is_some(),
+        "node1's routes did not follow node2's new pod CIDR: {:#?}\n{}",
+        c.node(1).routes(),
+        c.agent_logs()
+    );
+}
+
+/// The address node `n` routes peer `peer` at (`sluicectl status -o json`,
+/// `routing.peers[].address`).
+fn peer_address(c: &Cluster, n: usize, peer: &str) -> Option<String> {
+    let out = c.node(n).sluicectl(&["status", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["routing"]["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node"] == peer)
+        .and_then(|p| p["address"].as_str().map(str::to_owned))
 }
 
 /// The peers node `n` says it routes (`sluicectl status -o json`, `routing.peers[].node`).
